@@ -1,0 +1,10 @@
+"""Typed schema, YAML loading with bases and overrides, identity of a config."""
+
+from .identity import METHOD_VERSION, config_hash, flatten, identity_dict, runtime_dict, trial_id
+from .loader import ConfigError, apply_overrides, build_config, config_to_dict, dump_config, load_experiment, load_layers
+from .schema import ExperimentConfig
+
+__all__ = [
+    "ConfigError", "ExperimentConfig", "METHOD_VERSION", "apply_overrides", "build_config", "config_hash",
+    "config_to_dict", "dump_config", "flatten", "identity_dict", "load_experiment", "load_layers", "runtime_dict", "trial_id",
+]

@@ -1,0 +1,43 @@
+"""Where dinolab keeps things: one home folder for the SQLite store, artifacts and checkpoints.
+
+``$DINOLAB_HOME`` (default ``~/.dinolab``) holds:
+  mlflow.db          the SQLite tracking store (``sqlite:////abs/path``: absolute, since Ray moves a trial's cwd)
+  mlartifacts/       MLflow artifacts of that store
+  trials/<trial id>/ each trial's checkpoints and final weights (the default storage root)
+``$MLFLOW_TRACKING_URI`` overrides the store; ``--storage`` overrides where trials live.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+
+def dinolab_home() -> Path:
+    return Path(os.environ.get("DINOLAB_HOME", "~/.dinolab")).expanduser().resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{dinolab_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> Path:
+    return dinolab_home() / "mlartifacts"
+
+
+def resolve_tracking_uri(configured: Optional[str] = None) -> str:
+    """The config's tracking.uri, else $MLFLOW_TRACKING_URI, else the home's SQLite store (absolute)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # A relative SQLite path would land inside Ray's per-trial working directory: make it absolute.
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    return uri
+
+
+def default_storage() -> Path:
+    return dinolab_home()
+
+
+def trial_dir(storage: Path, trial_id: str) -> Path:
+    return Path(storage).expanduser().resolve() / "trials" / trial_id
