@@ -1,0 +1,153 @@
+"""The DINO self-distillation loss with teacher centering (Caron et al. 2021, Eq. 1-4, Algorithm 1).
+
+Student view v, teacher (global) view iq:
+    P_s(x_v)  = softmax(g_s(x_v) / tau_s)
+    P_t(x_iq) = softmax((g_t(x_iq) - c) / tau_t)                    (centering "ema", Eq. 4 below)
+    L = 1 / (2 (n_crops - 1)) * sum_{iq in {0,1}} sum_{v != iq} mean_b sum_k -P_t[k] log P_s[k]   (Eq. 3)
+    c <- m c + (1 - m) * mean over the batch (all workers) of the raw teacher logits     (Eq. 4)
+
+Logits are crop-major: rows [i*B:(i+1)*B] are crop i; crops 0 and 1 are the two global crops, the
+only ones the teacher sees (local-to-global correspondence, paper Sec. 3.1).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._distributed import all_reduce_sum, world_size
+from .sinkhorn import sinkhorn_knopp
+
+CENTERINGS = ("ema", "sinkhorn", "none")
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, carries the student's graph
+    teacher_probs: torch.Tensor  # the targets, detached: (2B, K) for DINO
+
+
+def view_pairs(n_crops: int) -> list[tuple[int, int]]:
+    """The (teacher view iq, student view v) pairs of Eq. 3: iq in {0, 1}, v in 0..n_crops-1, v != iq."""
+    if n_crops < 2:
+        raise ValueError(f"n_crops must be >= 2 (the two global crops), got {n_crops}")
+    return [(iq, v) for iq in (0, 1) for v in range(n_crops) if v != iq]
+
+
+def split_batch(student: torch.Tensor, teacher: torch.Tensor, n_crops: int) -> int:
+    """Check crop-major shapes (n_crops*B, K) and (2B, K); return B."""
+    if student.dim() != 2 or teacher.dim() != 2:
+        raise ValueError(f"logits must be 2-D, got student {tuple(student.shape)}, teacher {tuple(teacher.shape)}")
+    if teacher.shape[0] % 2:
+        raise ValueError(f"teacher logits must hold the 2 global crops (2B rows), got {teacher.shape[0]} rows")
+    batch = teacher.shape[0] // 2
+    if student.shape[0] != n_crops * batch or student.shape[1] != teacher.shape[1]:
+        raise ValueError(
+            f"student logits {tuple(student.shape)} do not match n_crops={n_crops} x B={batch} crops of K={teacher.shape[1]}"
+        )
+    return batch
+
+
+def pair_cross_entropy(targets: torch.Tensor, student_log_probs: torch.Tensor, n_crops: int) -> torch.Tensor:
+    """Mean over ``view_pairs(n_crops)`` of mean_b sum_k -targets[iq, b, k] * log_probs[v, b, k].
+
+    targets (2B, K), student_log_probs (n_crops*B, K), both float32 -> scalar.
+    """
+    batch = targets.shape[0] // 2
+    q = targets.reshape(2, -1)  # (2, B*K)
+    logp = student_log_probs.reshape(n_crops, -1)  # (n_crops, B*K)
+    cross = -(q @ logp.T) / batch  # (2, n_crops): batch-mean CE of every (iq, v)
+    same_view = torch.zeros_like(cross, dtype=torch.bool)
+    same_view[0, 0] = same_view[1, 1] = True
+    return cross.masked_fill(same_view, 0.0).sum() / (2 * (n_crops - 1))
+
+
+def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K) -> (N, K) float32 one-hot at the argmax: the tau_t -> 0 limit of softmax (Appendix D)."""
+    return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the sharpened, centered teacher and the student over all view pairs.
+
+    Args:
+        out_dim: K, the head's output dimension.
+        n_crops: 2 global + local crops seen by the student.
+        student_temp: tau_s (paper 0.1).
+        center_momentum: m of the center EMA (paper 0.9).
+        centering: "ema" (DINO: subtract the EMA center c), "sinkhorn" (SwAV Sinkhorn-Knopp
+            assignment of exp(t / tau_t) over all 2B teacher rows of all workers, no center),
+            "none" (plain sharpened softmax; collapses).
+        sinkhorn_iterations: iterations of Sinkhorn-Knopp (SwAV: 3).
+    Buffer ``center`` (1, K), zeros at start; only "ema" centering updates it.
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        n_crops: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "ema",
+        sinkhorn_iterations: int = 3,
+    ):
+        super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {', '.join(CENTERINGS)}; got {centering!r}")
+        if student_temp <= 0:
+            raise ValueError(f"student_temp must be > 0, got {student_temp}")
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"center_momentum must be in [0, 1], got {center_momentum}")
+        if sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be >= 1, got {sinkhorn_iterations}")
+        view_pairs(n_crops)  # validates n_crops
+        self.out_dim = out_dim
+        self.n_crops = n_crops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """(2B, K) raw teacher logits -> (2B, K) float32 target distributions (detached)."""
+        if teacher_temp < 0:
+            raise ValueError(f"teacher_temp must be >= 0, got {teacher_temp}")
+        logits = teacher_logits.detach().float()
+        if self.centering == "sinkhorn":
+            if teacher_temp == 0:
+                raise ValueError("teacher_temp=0 (one-hot targets) needs centering 'ema' or 'none'; sinkhorn needs teacher_temp > 0")
+            return sinkhorn_knopp(logits / teacher_temp, self.sinkhorn_iterations)
+        if self.centering == "ema":
+            logits = logits - self.center
+        if teacher_temp == 0:
+            return one_hot_argmax(logits)
+        return F.softmax(logits / teacher_temp, dim=-1)
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> LossOutput:
+        """student_logits (n_crops*B, K) crop-major, teacher_logits (2B, K) -> LossOutput(scalar loss, (2B, K) targets)."""
+        split_batch(student_logits, teacher_logits, self.n_crops)
+        if student_logits.shape[1] != self.out_dim:
+            raise ValueError(f"logits have K={student_logits.shape[1]}, the loss was built for out_dim={self.out_dim}")
+        # float32 outside autocast: the pair reduction is a matmul, which autocast would run in bf16/fp16
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            targets = self.teacher_targets(teacher_logits, teacher_temp)
+            log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+            loss = pair_cross_entropy(targets, log_probs, self.n_crops)
+        return LossOutput(loss, targets)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """c <- m c + (1 - m) * mean of the raw (2B, K) teacher logits over all workers (Eq. 4).
+
+        Called after the loss, so each step is centered with the previous steps' statistics.
+        No-op unless centering == "ema".
+        """
+        if self.centering != "ema":
+            return
+        batch_center = all_reduce_sum(teacher_logits.detach().float().sum(dim=0, keepdim=True))
+        batch_center = batch_center / (teacher_logits.shape[0] * world_size())
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)

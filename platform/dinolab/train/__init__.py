@@ -1,0 +1,1 @@
+"""Training: schedules, optimizer groups, the training loop."""
