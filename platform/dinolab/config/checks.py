@@ -51,6 +51,10 @@ def check_combinations(cfg: ExperimentConfig, source: str = "config") -> None:
         )
     if cfg.data.name != "synthetic" and not cfg.data.root:
         raise ConfigError(f"{source}: data.root is required for data.name={cfg.data.name} (a folder; e.g. --set data.root=~/data/cifar10)")
+    if cfg.train.warmup_epochs > cfg.train.epochs:
+        raise ConfigError(f"{source}: train.warmup_epochs={cfg.train.warmup_epochs} exceeds train.epochs={cfg.train.epochs}")
+    if cfg.dino.centering == "sinkhorn" and (cfg.dino.teacher_temp == 0 or cfg.dino.warmup_teacher_temp == 0):
+        raise ConfigError(f"{source}: dino.centering=sinkhorn needs dino.teacher_temp > 0 and dino.warmup_teacher_temp > 0 (Sinkhorn-Knopp is undefined at 0)")
     if cfg.dino.warmup_teacher_temp_epochs > cfg.train.epochs:
         raise ConfigError(
             f"{source}: dino.warmup_teacher_temp_epochs={cfg.dino.warmup_teacher_temp_epochs} exceeds train.epochs={cfg.train.epochs}"
