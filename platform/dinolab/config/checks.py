@@ -20,9 +20,11 @@ def check_combinations(cfg: ExperimentConfig, source: str = "config") -> None:
         resolve_arch(cfg.model.arch)
     except ValueError as e:
         raise ConfigError(f"{source}: model.arch: {e}") from None
-
     # Every input the backbone sees must tile into whole patches (ViT) / windows (Swin).
-    multiple = input_multiple(cfg.model)
+    try:
+        multiple = input_multiple(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"{source}: model: {e}") from None
     sizes = {"crops.global_size": cfg.crops.global_size, "eval.image_size": cfg.eval_image_size}
     if cfg.crops.local_number > 0:
         sizes["crops.local_size"] = cfg.crops.local_size

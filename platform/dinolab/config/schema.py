@@ -40,7 +40,9 @@ class ModelConfig(Section):
         description="Backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50, swin_tiny, ... or any "
         "timm model name. Paper: vit_small.",
     )
-    patch_size: int = Field(16, ge=1, description="ViT/Swin patch size. Paper: 16 (also 8 and 5, Figure 5).")
+    patch_size: Optional[int] = Field(
+        None, ge=1, description="ViT/Swin patch size; None = the architecture's own (ViT 16, Swin 4). Paper: 16 (also 8 and 5, Figure 5)."
+    )
     window_size: Optional[int] = Field(
         None, ge=1, description="Swin attention window (EsViT Table 5: 7 or 14). None = the timm model's own."
     )
