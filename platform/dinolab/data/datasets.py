@@ -1,0 +1,341 @@
+"""Datasets by name: the embedded synthetic shapes, an ImageFolder tree, CIFAR-10/100 pickles.
+
+``build_dataset(data_cfg, split)`` returns a torch Dataset of ``(PIL RGB image | transform(image), int label)``
+with ``.classes`` (list of names) and ``.targets`` (list of int labels, one per item).
+
+Layouts under ``data.root``:
+
+- ``imagefolder``: ``train/<class>/<image>`` and, for the test split, ``test/<class>/<image>`` (or
+  ``val/<class>/<image>`` when there is no ``test/``). Class indices come from the sorted train class
+  folders and are reused for the test split, so a test folder missing a class keeps the indices right.
+  Images of any size and mode are returned as RGB PIL images.
+- ``cifar10`` / ``cifar100``: torchvision's python-pickle release, ``cifar-10-batches-py/`` or
+  ``cifar-100-python/`` inside ``data.root`` (``data.root`` may also be that folder itself). The pickles
+  are read here rather than by ``torchvision.datasets.CIFAR10`` because torchvision insists on the
+  official files' MD5 sums, which would refuse a re-packed or partial copy. Like torchvision, this
+  unpickles the files: point data.root only at data you trust.
+
+``data.train_limit = N`` keeps a fixed subset of N train images, drawn with ``SUBSET_SEED`` (not the
+trial's seed, so every trial of a grid sees the same images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+from ..config.loader import ConfigError
+from ..config.schema import DataConfig
+from .synthetic import GENERATOR_VERSION, SyntheticShapes
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TEST_FOLDERS = ("test", "val")  # the first that exists is the imagefolder test split
+SUBSET_SEED = 0
+# Images opened per class folder by check_data (a sample: opening every file of ImageNet takes minutes).
+CHECK_PER_CLASS = 1
+
+CIFAR_LAYOUT = {
+    # name: (folder, train files, test files, meta file, meta key, label key)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "label_names", "labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels"),
+}
+_LAYOUT_HINT = {
+    "imagefolder": "a folder with train/<class>/<image> and test/<class>/<image> (or val/)",
+    "cifar10": "a folder containing cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)",
+    "cifar100": "a folder containing cifar-100-python/ (train, test, meta)",
+}
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+# --------------------------------------------------------------------------------------------- datasets
+
+
+class ClassFolder(ImageFolder):
+    """``torchvision.datasets.ImageFolder`` with a given class list (the train split's), images as RGB PIL."""
+
+    def __init__(self, root: str | os.PathLike, classes: Sequence[str], transform: Optional[Callable] = None) -> None:
+        self._given_classes = list(classes)
+        super().__init__(str(root), transform=transform, loader=_load_rgb, allow_empty=True,
+                         is_valid_file=_is_image)
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
+
+
+def _is_image(path: str) -> bool:
+    name = os.path.basename(path)
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _load_rgb(path: str) -> Image.Image:
+    """Any PIL-readable file (grayscale, palette, RGBA, CMYK, 16-bit) -> RGB PIL image."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit depth grayscale: rescale to 8 bit
+            arr = np.asarray(img, dtype=np.float64)
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+            img = Image.fromarray(arr.astype(np.uint8), mode="L")
+        return img.convert("RGB")
+
+
+class CifarPickles(Dataset):
+    """CIFAR-10/100 from the python-pickle release; ``.data`` (N, 32, 32, 3) uint8, ``.targets``, ``.classes``."""
+
+    def __init__(self, folder: Path, name: str, split: str, transform: Optional[Callable] = None) -> None:
+        _check_split(split)
+        _, train_files, test_files, meta_file, meta_key, label_key = CIFAR_LAYOUT[name]
+        arrays, targets = [], []
+        for fname in train_files if split == "train" else test_files:
+            entry = _unpickle(folder / fname)
+            arrays.append(np.asarray(entry["data"], dtype=np.uint8))
+            targets.extend(int(t) for t in entry[label_key])
+        # Pickled rows are channel-major: (N, 3*32*32) -> (N, 3, 32, 32) -> (N, 32, 32, 3).
+        self.data = np.concatenate(arrays).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+        self.targets: list[int] = targets
+        self.classes: list[str] = list(_unpickle(folder / meta_file)[meta_key])
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        img = Image.fromarray(self.data[i], mode="RGB")
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+class LimitedDataset(Dataset):
+    """A fixed subset of a dataset (``indices`` into ``base``) that keeps ``.classes`` and ``.targets``."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]) -> None:
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.classes: list[str] = list(base.classes)
+        self.targets: list[int] = [int(base.targets[i]) for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.base[self.indices[i]]
+
+
+def subset_indices(n: int, limit: int, seed: int = SUBSET_SEED) -> list[int]:
+    """A fixed random choice of ``min(limit, n)`` of ``range(n)``, sorted."""
+    if limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).permutation(n)[:limit].tolist())
+
+
+def build_dataset(data_cfg: DataConfig, split: str, transform: Optional[Callable] = None) -> Dataset:
+    """The ``split`` ("train" | "test") of the configured data set; items are ``(transform(PIL RGB), int)``.
+
+    ``data_cfg.train_limit`` restricts the train split to a fixed seeded subset. Layout problems raise
+    ``ConfigError`` (see ``check_data`` for the full check, which also opens sample images).
+    """
+    _check_split(split)
+    name = data_cfg.name
+    if name == "synthetic":
+        n = data_cfg.synthetic_train if split == "train" else data_cfg.synthetic_test
+        ds: Dataset = SyntheticShapes(n, data_cfg.synthetic_size, data_cfg.synthetic_classes, data_cfg.synthetic_seed,
+                                      split, transform=transform)
+    elif name == "imagefolder":
+        train_dir, test_dir, classes = _imagefolder_layout(data_cfg)
+        ds = ClassFolder(train_dir if split == "train" else test_dir, classes, transform=transform)
+    elif name in CIFAR_LAYOUT:
+        ds = CifarPickles(_cifar_folder(data_cfg), name, split, transform=transform)
+    else:
+        raise ValueError(f"data.name must be one of synthetic, imagefolder, {', '.join(CIFAR_LAYOUT)}; got {name!r}")
+    if split == "train" and data_cfg.train_limit is not None and data_cfg.train_limit < len(ds):
+        ds = LimitedDataset(ds, subset_indices(len(ds), data_cfg.train_limit))
+    log.debug("data %s/%s: %d images, %d classes", name, split, len(ds), len(ds.classes))
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def _root(data_cfg: DataConfig) -> Path:
+    """data.root as an existing, non-empty folder, else a one-line ConfigError."""
+    hint = _LAYOUT_HINT[data_cfg.name]
+    if not data_cfg.root:
+        raise ConfigError(f"data.root is not set; data.name = {data_cfg.name} needs {hint}")
+    root = Path(data_cfg.root).expanduser()
+    if not root.exists():
+        raise ConfigError(f"data.root = {str(root)!r} does not exist; data.name = {data_cfg.name} expects {hint}")
+    if not root.is_dir():
+        raise ConfigError(f"data.root = {str(root)!r} is not a folder; data.name = {data_cfg.name} expects {hint}")
+    if not any(True for p in root.iterdir() if not p.name.startswith(".")):
+        raise ConfigError(f"data.root = {str(root)!r} is empty; data.name = {data_cfg.name} expects {hint}")
+    return root
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, as ImageFolder finds them), sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return out
+
+
+def _imagefolder_layout(data_cfg: DataConfig) -> tuple[Path, Path, list[str]]:
+    """(train folder, test folder, train class names), or a ConfigError naming what is missing."""
+    root = _root(data_cfg)
+    where = f"data.root = {str(root)!r}"
+    train = root / "train"
+    if not train.is_dir():
+        raise ConfigError(f"{where} has no train/ subfolder; data.name = imagefolder expects {_LAYOUT_HINT['imagefolder']}")
+    classes = _class_dirs(train)
+    if not classes:
+        raise ConfigError(f"{where}: train/ has no class subfolders; expected train/<class>/<image>")
+    test = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
+    if test is None:
+        raise ConfigError(f"{where} has no test/ or val/ subfolder; data.name = imagefolder expects {_LAYOUT_HINT['imagefolder']}")
+    extra = sorted(set(_class_dirs(test)) - set(classes))
+    if extra:
+        raise ConfigError(f"{where}: {test.name}/ has classes not in train/: {', '.join(extra[:5])}; "
+                          "the test classes must be train class names")
+    return train, test, classes
+
+
+def _cifar_folder(data_cfg: DataConfig) -> Path:
+    """The folder holding the CIFAR pickles, with every file present, else a ConfigError."""
+    root = _root(data_cfg)
+    folder_name, train_files, test_files, meta_file, _, _ = CIFAR_LAYOUT[data_cfg.name]
+    folder = root if root.name == folder_name else root / folder_name
+    if not folder.is_dir():
+        raise ConfigError(f"data.root = {str(root)!r} has no {folder_name}/; data.name = {data_cfg.name} expects "
+                          f"{_LAYOUT_HINT[data_cfg.name]}")
+    missing = [f for f in train_files + test_files + [meta_file] if not (folder / f).is_file()]
+    if missing:
+        raise ConfigError(f"data.root = {str(root)!r}: {folder_name}/ lacks {', '.join(missing)}; data.name = "
+                          f"{data_cfg.name} expects {_LAYOUT_HINT[data_cfg.name]}")
+    return folder
+
+
+def _verify_image(path: Path) -> Optional[str]:
+    """None if PIL can read the file fully, else the reason."""
+    try:
+        with Image.open(path) as img:
+            img.verify()  # container checks (PNG CRCs, truncation of some formats)
+        with Image.open(path) as img:
+            img.load()  # full decode: verify() does not decode JPEG data
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return None
+
+
+def check_data(data_cfg: DataConfig) -> None:
+    """Raise ``ConfigError`` (one line, naming data.root or data.name) if the data set cannot be used.
+
+    Checks: data.root set, existing, a folder, not empty; the layout of data.name (imagefolder: train/
+    with class folders holding images and a test/ or val/ folder; cifar: every pickle present and
+    loadable); and, for imagefolder, that the first ``CHECK_PER_CLASS`` image(s) of each class folder open
+    and decode with PIL. The synthetic data set needs nothing.
+    """
+    name = data_cfg.name
+    if name == "synthetic":
+        return
+    if name == "imagefolder":
+        train, test, classes = _imagefolder_layout(data_cfg)
+        for split_dir in (train, test):
+            n_images = 0
+            for c in _class_dirs(split_dir):
+                files = _images_in(split_dir / c)
+                if not files and split_dir == train:
+                    raise ConfigError(f"data.root = {data_cfg.root!r}: train/{c}/ holds no images "
+                                      f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+                n_images += len(files)
+                for path in files[:CHECK_PER_CLASS]:
+                    reason = _verify_image(path)
+                    if reason is not None:
+                        raise ConfigError(f"data.root = {data_cfg.root!r}: unreadable image "
+                                          f"{path.relative_to(split_dir.parent).as_posix()} ({reason})")
+            if n_images == 0:
+                raise ConfigError(f"data.root = {data_cfg.root!r}: {split_dir.name}/ holds no images "
+                                  f"(expected {split_dir.name}/<class>/<file> ending in {', '.join(IMAGE_EXTENSIONS)})")
+        return
+    if name in CIFAR_LAYOUT:
+        folder = _cifar_folder(data_cfg)
+        _, train_files, test_files, meta_file, meta_key, label_key = CIFAR_LAYOUT[name]
+        for fname in train_files + test_files + [meta_file]:
+            keys = (meta_key,) if fname == meta_file else ("data", label_key)
+            try:
+                entry = _unpickle(folder / fname)
+                why = None if isinstance(entry, dict) and all(k in entry for k in keys) else f"no {' / '.join(keys)} entries"
+            except Exception as e:  # unpickling garbage raises many types
+                why = type(e).__name__
+            if why is not None:
+                raise ConfigError(f"data.root = {data_cfg.root!r}: {folder.name}/{fname} is not a CIFAR pickle ({why}); "
+                                  f"data.name = {name} expects {_LAYOUT_HINT[name]}")
+        return
+    raise ConfigError(f"data.name = {name!r} is not supported; expected one of synthetic, imagefolder, "
+                      f"{', '.join(CIFAR_LAYOUT)}")
+
+
+# ------------------------------------------------------------------------------------------ fingerprint
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data_cfg: DataConfig) -> str:
+    """A 16-hex-digit identity of the data's content that does not depend on where data.root lies.
+
+    synthetic: the generator version and the synthetic_* parameters. imagefolder: the relative POSIX
+    paths (``train/<class>/<file>``, ``test/...``) and byte sizes of every image file of both splits.
+    cifar: the names and sizes of the pickle files. ``train_limit`` is not part of it (it selects from
+    the data; it is an identity field of the config itself).
+    """
+    name = data_cfg.name
+    if name == "synthetic":
+        return _hash({"name": name, "generator": GENERATOR_VERSION, "train": data_cfg.synthetic_train,
+                      "test": data_cfg.synthetic_test, "size": data_cfg.synthetic_size,
+                      "classes": data_cfg.synthetic_classes, "seed": data_cfg.synthetic_seed})
+    if name == "imagefolder":
+        train, test, classes = _imagefolder_layout(data_cfg)
+        files = []
+        # Only what ImageFolder reads (image files inside class folders); the test folder is recorded as
+        # "test" whether it is test/ or val/.
+        for split, folder in (("train", train), ("test", test)):
+            for c in classes:
+                if (folder / c).is_dir():
+                    files += [(f"{split}/{p.relative_to(folder).as_posix()}", p.stat().st_size) for p in _images_in(folder / c)]
+        log.debug("fingerprinting %d files under %s", len(files), train.parent)
+        return _hash({"name": name, "files": files})
+    if name in CIFAR_LAYOUT:
+        folder = _cifar_folder(data_cfg)
+        _, train_files, test_files, meta_file, _, _ = CIFAR_LAYOUT[name]
+        files = [(f, (folder / f).stat().st_size) for f in train_files + test_files + [meta_file]]
+        return _hash({"name": name, "files": files})
+    raise ConfigError(f"data.name = {name!r} is not supported; expected one of synthetic, imagefolder, "
+                      f"{', '.join(CIFAR_LAYOUT)}")

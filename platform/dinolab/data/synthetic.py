@@ -1,0 +1,267 @@
+"""The embedded default data set: shapes on textured backgrounds, generated in code.
+
+Each image shows one object whose class is its *shape* (disk, square, triangle, cross, ring,
+ell, star, bars, crescent, tee). Everything else is drawn at random per image, independently of
+the class: the object's colour, its area (a fraction of the image drawn from one range for every
+class, so size carries no class), rotation, mirroring and position, and the background (flat,
+gradient, stripes, checkers or smooth blobs, in random colours). So neither mean colour nor
+object size reveals the class; a network must learn shape to separate the classes, which is
+what self-supervised training is meant to teach.
+
+The object is drawn at ``SUPERSAMPLE`` times the output resolution and box-averaged down, which
+anti-aliases its edges; its mask is the set of output pixels at least half covered by it. Background
+patterns are band-limited (soft-edged), so they are drawn at the output resolution. The object's colour
+keeps an RGB distance of at least ``MIN_CONTRAST`` from every background colour, so it is always visible.
+Image ``i`` of a split depends only on ``(seed, split, i)`` (and the image side): its label is
+``i % num_classes`` (balanced), its parameters come from ``numpy.random.default_rng([seed,
+split_id, i])``. Images are generated lazily and cached in memory per dataset object.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+# Bump when the rendering changes: it is part of the data fingerprint.
+GENERATOR_VERSION = 1
+SUPERSAMPLE = 4
+SPLITS = {"train": 0, "test": 1}
+# The object's area as a fraction of the image, the same range for every class.
+AREA_RANGE = (0.06, 0.16)
+# Minimum RGB distance (in [0, 1] units) between the object colour and any background colour.
+MIN_CONTRAST = 0.4
+PIXEL_NOISE = 0.02
+BACKGROUNDS = ("flat", "gradient", "stripes", "checkers", "blobs")
+
+# A shape is a list of drawing ops in unit coordinates (bounding radius <= 1 around the origin):
+# ("poly", [(x, y), ...], fill) or ("disk", cx, cy, r, fill); fill 1 draws, fill 0 erases.
+Op = tuple
+
+
+def _regular(n: int, radius: float = 1.0, phase: float = math.pi / 2) -> list[tuple[float, float]]:
+    return [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+
+
+def _star(points: int, inner: float) -> list[tuple[float, float]]:
+    out = []
+    for k in range(2 * points):
+        r = 1.0 if k % 2 == 0 else inner
+        a = math.pi / 2 + math.pi * k / points
+        out.append((r * math.cos(a), r * math.sin(a)))
+    return out
+
+
+def _centre_polys(polys: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+    """Shift a group of polygons to their bounding-box centre and scale the farthest vertex to radius 1."""
+    pts = np.array([p for poly in polys for p in poly], dtype=np.float64)
+    centre = (pts.min(0) + pts.max(0)) / 2
+    radius = np.sqrt(((pts - centre) ** 2).sum(1)).max()
+    return [[(float((x - centre[0]) / radius), float((y - centre[1]) / radius)) for x, y in poly] for poly in polys]
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _shape_library() -> dict[str, list[Op]]:
+    s = 1 / math.sqrt(2)
+    w = 0.3  # cross arm half-width relative to arm length
+    cross = [(w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1)]
+    ell = [(0, 0), (1, 0), (1, 0.36), (0.36, 0.36), (0.36, 1.2), (0, 1.2)]
+    bars = [_rect(-0.75, -0.9, -0.3, 0.9), _rect(0.3, -0.9, 0.75, 0.9)]
+    tee = [_rect(-0.8, 0.5, 0.8, 0.85), _rect(-0.2, -0.9, 0.2, 0.5)]
+    return {
+        "disk": [("disk", 0.0, 0.0, 1.0, 1)],
+        "square": [("poly", [(-s, -s), (s, -s), (s, s), (-s, s)], 1)],
+        "triangle": [("poly", _regular(3), 1)],
+        "cross": [("poly", p, 1) for p in _centre_polys([cross])],
+        "ring": [("disk", 0.0, 0.0, 1.0, 1), ("disk", 0.0, 0.0, 0.55, 0)],
+        "ell": [("poly", p, 1) for p in _centre_polys([ell])],
+        "star": [("poly", _star(5, 0.45), 1)],
+        "bars": [("poly", p, 1) for p in _centre_polys(bars)],
+        "crescent": [("disk", 0.0, 0.0, 1.0, 1), ("disk", 0.5, 0.0, 0.85, 0)],
+        "tee": [("poly", p, 1) for p in _centre_polys(tee)],
+    }
+
+
+SHAPES: dict[str, list[Op]] = _shape_library()
+CLASS_NAMES: list[str] = list(SHAPES)
+
+
+def _draw_mask(ops: list[Op], side: int, centre: tuple[float, float], scale: float, angle: float, mirror: bool) -> Image.Image:
+    """Binary mask (side x side, mode "L", 0 or 255) of a shape placed at ``centre`` (px), radius ``scale`` (px), rotated by ``angle``."""
+    canvas = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    ca, sa = math.cos(angle), math.sin(angle)
+    cx, cy = centre
+    sx = -1.0 if mirror else 1.0
+
+    def place(x: float, y: float) -> tuple[float, float]:
+        x = sx * x
+        return cx + scale * (ca * x - sa * y), cy + scale * (sa * x + ca * y)
+
+    for op in ops:
+        if op[0] == "poly":
+            draw.polygon([place(x, y) for x, y in op[1]], fill=255 * op[2])
+        else:
+            _, ox, oy, r, fill = op
+            px, py = place(ox, oy)
+            rr = r * scale
+            draw.ellipse([px - rr, py - rr, px + rr, py + rr], fill=255 * fill)
+    return canvas
+
+
+@functools.lru_cache(maxsize=None)
+def unit_area(name: str) -> float:
+    """Area of a shape at scale 1 (bounding radius 1), measured by rendering it large once."""
+    side = 512
+    mask = np.asarray(_draw_mask(SHAPES[name], side, (side / 2, side / 2), side / 2 - 2, 0.0, False)) > 127
+    return float(mask.sum()) / (side / 2 - 2) ** 2
+
+
+def _segment_distance(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance from colour c to the segment [a, b] (backgrounds blend a and b)."""
+    ab = b - a
+    t = float(np.clip(np.dot(c - a, ab) / max(np.dot(ab, ab), 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(c - (a + t * ab)))
+
+
+def _background_weights(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
+    """Blend weights t (side, side) in [0, 1] between the background's two colours.
+
+    Patterns are band-limited (clipped sinusoids with soft edges), so they need no supersampling.
+    """
+    coords = np.arange(side, dtype=np.float64) + 0.5
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    theta = rng.uniform(0, 2 * math.pi)
+    u = x * math.cos(theta) + y * math.sin(theta)
+    v = -x * math.sin(theta) + y * math.cos(theta)
+    if kind == "flat":
+        return np.zeros_like(x)
+    if kind == "gradient":
+        return (u - u.min()) / max(u.max() - u.min(), 1e-6)
+    if kind == "stripes":
+        period = rng.uniform(0.15, 0.4) * side
+        return np.clip(0.5 + 1.5 * np.sin(2 * math.pi * u / period + rng.uniform(0, 2 * math.pi)), 0.0, 1.0)
+    if kind == "checkers":
+        cell = rng.uniform(0.1, 0.25) * side
+        return np.clip(0.5 + 2.0 * np.sin(math.pi * u / cell) * np.sin(math.pi * v / cell), 0.0, 1.0)
+    if kind == "blobs":
+        t = np.zeros_like(x)
+        for _ in range(3):
+            phi = rng.uniform(0, 2 * math.pi)
+            freq = rng.uniform(0.5, 2.0) * 2 * math.pi / side
+            t += np.sin(freq * (x * math.cos(phi) + y * math.sin(phi)) + rng.uniform(0, 2 * math.pi))
+        return (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
+
+
+def render(label: int, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Draw one image of class ``label``.
+
+    Returns (image (S, S, 3) uint8, mask (S, S) bool, params dict). All random draws come from ``rng``.
+    """
+    name = CLASS_NAMES[label]
+    big = image_size * SUPERSAMPLE
+    # Object geometry: area fraction -> radius in px; the bounding circle stays inside the image.
+    area = rng.uniform(*AREA_RANGE)
+    radius = image_size * math.sqrt(area / unit_area(name))
+    radius = min(radius, 0.49 * image_size)
+    margin = radius + 0.5
+    cx, cy = rng.uniform(margin, image_size - margin, size=2) if margin < image_size / 2 else (image_size / 2,) * 2
+    angle = rng.uniform(0, 2 * math.pi)
+    mirror = bool(rng.random() < 0.5)
+    # Colours: the object's is far from every blend of the two background colours.
+    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    bg_a, bg_b = rng.random(3), rng.random(3)
+    if kind == "flat":
+        bg_b = bg_a
+    best, best_d = None, -1.0
+    for _ in range(64):
+        colour = rng.random(3)
+        d = _segment_distance(colour, bg_a, bg_b)
+        if d > best_d:
+            best, best_d = colour, d
+        if d >= MIN_CONTRAST:
+            break
+    colour = best
+    # The object is drawn supersampled and box-averaged: coverage (S, S) in [0, 1] anti-aliases edges and gives the mask.
+    t = _background_weights(kind, image_size, rng)[..., None]  # (S, S, 1)
+    obj = _draw_mask(SHAPES[name], big, (cx * SUPERSAMPLE, cy * SUPERSAMPLE), radius * SUPERSAMPLE, angle, mirror)
+    coverage = np.asarray(obj.resize((image_size, image_size), Image.BOX), dtype=np.float64) / 255.0
+    cov = coverage[..., None]
+    image = ((1 - t) * bg_a + t * bg_b) * (1 - cov) + colour * cov
+    image = image + rng.normal(0.0, PIXEL_NOISE, size=image.shape)
+    image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
+    params = dict(
+        label=label, shape=name, centre=(float(cx), float(cy)), radius=float(radius), angle=float(angle), mirror=mirror,
+        area_fraction=float(area), colour=tuple(float(c) for c in colour), background=kind,
+        background_colours=(tuple(float(c) for c in bg_a), tuple(float(c) for c in bg_b)), contrast=float(best_d),
+    )
+    return image, coverage >= 0.5, params
+
+
+class SyntheticShapes(Dataset):
+    """Shape-classified images on random backgrounds; ``__getitem__(i) -> (PIL RGB (S x S), int label)``.
+
+    Args:
+        num_images: images in the split.
+        image_size: side S in px.
+        num_classes: 2..10 shape classes, the first ``num_classes`` of ``CLASS_NAMES``.
+        seed: the data set's generator seed (not the trial's).
+        split: "train" or "test" (independent random streams).
+        transform: optional callable applied to the PIL image.
+    """
+
+    def __init__(self, num_images: int, image_size: int, num_classes: int, seed: int, split: str,
+                 transform: Optional[Callable] = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if not 2 <= num_classes <= len(CLASS_NAMES):
+            raise ValueError(f"num_classes must be in 2..{len(CLASS_NAMES)}, got {num_classes}")
+        if num_images < 1 or image_size < 4:
+            raise ValueError(f"need num_images >= 1 and image_size >= 4, got {num_images}, {image_size}")
+        self.num_images, self.image_size, self.num_classes = int(num_images), int(image_size), int(num_classes)
+        self.seed, self.split, self.transform = int(seed), split, transform
+        self.classes: list[str] = CLASS_NAMES[:num_classes]
+        self.targets: list[int] = [i % num_classes for i in range(num_images)]
+        s = self.image_size
+        self._images = np.zeros((num_images, s, s, 3), dtype=np.uint8)  # cache (N, S, S, 3)
+        self._masks = np.zeros((num_images, s, s), dtype=bool)  # cache (N, S, S)
+        self._params: list[Optional[dict]] = [None] * num_images
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def _ensure(self, i: int) -> int:
+        if not -self.num_images <= i < self.num_images:
+            raise IndexError(f"index {i} out of range for {self.num_images} images")
+        i = i % self.num_images
+        if self._params[i] is None:
+            rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
+            self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng)
+        return i
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        i = self._ensure(int(i))
+        img = Image.fromarray(self._images[i], mode="RGB")
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+    def mask(self, i: int) -> np.ndarray:
+        """The object's pixels: (S, S) bool."""
+        return self._masks[self._ensure(int(i))].copy()
+
+    def describe(self, i: int) -> dict[str, Any]:
+        """The drawing parameters of image i (shape, centre, radius in px, angle, colours, background)."""
+        return dict(self._params[self._ensure(int(i))])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Everything at once: images (N, S, S, 3) uint8, masks (N, S, S) bool, labels (N,) int64."""
+        for i in range(self.num_images):
+            self._ensure(i)
+        return self._images.copy(), self._masks.copy(), np.asarray(self.targets, dtype=np.int64)
