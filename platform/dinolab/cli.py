@@ -1,0 +1,114 @@
+"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export.
+
+Bad input (a wrong key, a missing path, an impossible combination) ends the command with one
+line on stderr naming the key and what is allowed, exit code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dinolab.config import ConfigError
+
+log = logging.getLogger("dinolab")
+
+
+def _print_home(tracking_uri: str, storage: Path) -> None:
+    print(f"dinolab: tracking store {tracking_uri}", file=sys.stderr)
+    print(f"dinolab: trials and checkpoints under {storage / 'trials'}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from dinolab.config import load_experiment
+    from dinolab.home import default_storage, resolve_tracking_uri
+    from dinolab.trial import run_trial
+
+    cfg = load_experiment(args.experiment, args.set)
+    from dinolab.data.datasets import check_data
+
+    check_data(cfg.data)
+    storage = Path(args.storage).expanduser().resolve() if args.storage else default_storage()
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    _print_home(uri, storage)
+    outcome = run_trial(cfg, storage=storage, fresh=args.fresh)
+    print(f"run {outcome.run_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
+    for key in ("knn_top1_random_init", "knn_top1", "linear_top1", "throughput_images_per_s", "wall_time_s", "peak_rss_mb"):
+        if key in outcome.final:
+            print(f"  {key:<24} {outcome.final[key]:.2f}")
+    return 0 if outcome.status == "FINISHED" else 1
+
+
+def cmd_ui(args) -> int:
+    from dinolab.serve import serve_ui
+
+    return serve_ui(host=args.host, port=args.port, backend=args.backend)
+
+
+def cmd_export(args) -> int:
+    from dinolab.export import export_weights
+
+    out = export_weights(args.run, Path(args.out), tracking_uri=args.tracking_uri)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="one trial from an experiment YAML")
+    r.add_argument("experiment", help="experiment YAML (e.g. experiments/demo.yaml)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. model.patch_size=8")
+    r.add_argument("--storage", help="where trials keep checkpoints (default: $DINOLAB_HOME)")
+    r.add_argument("--fresh", action="store_true", help="start over even if an interrupted checkpoint exists")
+    r.set_defaults(func=cmd_run)
+
+    u = sub.add_parser("ui", help="the MLflow UI for the dinolab store, on 127.0.0.1")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--backend", help="backend store URI (default: $MLFLOW_TRACKING_URI or the dinolab home's SQLite store)")
+    u.set_defaults(func=cmd_ui)
+
+    e = sub.add_parser("export", help="write a finished run's trained teacher backbone weights")
+    e.add_argument("run", help="MLflow run id")
+    e.add_argument("--out", default="backbone.pt")
+    e.add_argument("--tracking-uri")
+    e.set_defaults(func=cmd_export)
+
+    try:
+        from dinolab.sweep.cli import add_sweep_commands
+    except ImportError:
+        pass
+    else:
+        add_sweep_commands(sub)
+    try:
+        from dinolab.report.cli import add_report_commands
+    except ImportError:
+        pass
+    else:
+        add_report_commands(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"dinolab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dinolab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

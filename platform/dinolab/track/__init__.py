@@ -1,0 +1,1 @@
+"""Tracking: a small Reporter interface, its MLflow implementation, reading runs back."""

@@ -1,0 +1,493 @@
+"""The one DINO training loop, read top to bottom: data, networks, loss, optimizer, schedules,
+resume, loop, end. It knows neither Ray nor MLflow: it talks to a ``Reporter``.
+
+Follows facebookresearch/dino ``main_dino.py::train_dino`` / ``train_one_epoch`` (see
+shared/reference/dino_reference.md sections 4-8): the teacher sees only the two global crops,
+the student all crops; lr / weight decay / momentum are per-step arrays, the teacher temperature
+a per-epoch array; per-parameter clipping; the head's last layer frozen in the first epoch(s).
+
+Determinism: every epoch re-seeds python, numpy and torch from (seed, epoch) before its data
+order and augmentations are drawn, so an interrupted run resumed from an epoch checkpoint ends
+bit-identical to an uninterrupted one at the same thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dinolab.config.schema import ExperimentConfig
+from dinolab.track.reporter import Reporter
+
+from . import checkpoint as ckpt
+from .teacher import TeacherPolicy, copy_student_to_teacher
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss is no longer finite: the run stops and is marked failed with this reason."""
+
+
+class TrainingCancelled(RuntimeError):
+    """A cancel request was seen; checkpoints are kept for a later launch."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised once by ``train.fail_at_step`` (fault-injection tests)."""
+
+
+@dataclass
+class TrainResult:
+    history: dict[str, list[float]] = field(default_factory=dict)
+    final: dict[str, float] = field(default_factory=dict)
+    epochs_done: int = 0
+    start_epoch: int = 0
+    workdir: Optional[Path] = None
+    num_classes: int = 0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 9_973 + rank * 101) % (2**31)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available here")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """bf16/fp16 autocast on CUDA; CPU always runs fp32 (CPU autocast is slower for these models)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def available_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class _SubsetView(torch.utils.data.Dataset):
+    """The first ``n`` items of a seeded permutation of a dataset (a fixed evaluation bank)."""
+
+    def __init__(self, dataset, n: Optional[int], seed: int) -> None:
+        self.dataset = dataset
+        order = np.random.default_rng(seed).permutation(len(dataset)) if n and n < len(dataset) else np.arange(len(dataset))
+        self.indices = order[: n or len(dataset)].tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def build_networks(cfg: ExperimentConfig):
+    """Student and teacher multi-crop networks (teacher: no drop path, no predictor)."""
+    from dinolab.models.head import DINOHead
+    from dinolab.models.multicrop import MultiCropNetwork
+    from dinolab.models.registry import build_backbone
+
+    d = cfg.dino
+
+    def make(drop_path: float, predictor: bool) -> nn.Module:
+        backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=drop_path)
+        head = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer, predictor=predictor)
+        dense = None
+        if cfg.esvit.region_loss:
+            dense = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer)
+        return MultiCropNetwork(backbone, head, dense_head=dense)
+
+    student = make(cfg.model.drop_path_rate, d.predictor)
+    teacher = make(0.0, False)
+    copy_student_to_teacher(student, teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+def build_criterion(cfg: ExperimentConfig, n_crops: int):
+    from dinolab.losses.dino import DINOLoss
+
+    return DINOLoss(
+        cfg.dino.out_dim,
+        n_crops,
+        student_temp=cfg.dino.student_temp,
+        center_momentum=cfg.dino.center_momentum,
+        centering=cfg.dino.centering,
+        sinkhorn_iterations=cfg.dino.sinkhorn_iterations,
+    )
+
+
+def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
+    from dinolab.data.datasets import build_dataset
+    from dinolab.data.multicrop import MultiCropAugmentation
+
+    c = cfg.crops
+    aug = MultiCropAugmentation(c.global_size, c.local_size, c.local_number, tuple(c.global_scale), tuple(c.local_scale))
+    dataset = build_dataset(cfg.data, "train", transform=aug)
+    rank, world_size = world()
+    if world_size > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=per_worker_batch,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+        persistent_workers=False,
+    )
+    return dataset, loader
+
+
+def build_eval_sets(cfg: ExperimentConfig):
+    from dinolab.data.datasets import build_dataset
+    from dinolab.data.multicrop import eval_transform
+
+    tf = eval_transform(cfg.eval_image_size)
+    train = _SubsetView(build_dataset(cfg.data, "train", transform=tf), cfg.eval.max_train_images, seed=0)
+    test = _SubsetView(build_dataset(cfg.data, "test", transform=tf), cfg.eval.max_test_images, seed=1)
+    return train, test
+
+
+def evaluate_knn(backbone: nn.Module, eval_sets, cfg: ExperimentConfig, device, num_classes: int):
+    """Weighted k-NN top-1 (%) of a backbone's pooled features, and the features themselves."""
+    from dinolab.eval.features import extract_features
+    from dinolab.eval.knn import weighted_knn
+
+    train_set, test_set = eval_sets
+    tr_f, tr_y = extract_features(backbone, train_set, batch_size=256, device=device)
+    te_f, te_y = extract_features(backbone, test_set, batch_size=256, device=device)
+    top1 = weighted_knn(tr_f, tr_y, te_f, te_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes)
+    return float(top1), (tr_f, tr_y, te_f, te_y)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: ExperimentConfig,
+    reporter: Reporter,
+    *,
+    workdir: Path,
+    resume: bool = True,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+) -> TrainResult:
+    """Train DINO as ``cfg`` says, logging per-epoch metrics to ``reporter``.
+
+    ``workdir`` holds the checkpoints; with ``resume`` the latest one is continued, and only the
+    epochs after it are logged. ``should_stop`` is polled every step (a sweep's cancel marker).
+    """
+    from dinolab.losses.diagnostics import entropy_and_kl
+    from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients, param_groups
+    from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
+
+    workdir = Path(workdir)
+    rank, world_size = world()
+    is_main = rank == 0
+    device = resolve_device(cfg.train.device)
+    torch.set_num_threads(cfg.train.threads or available_cpus())
+    seed_everything(cfg.train.seed)
+
+    # --- data: multi-crop views for training; a fixed eval bank for k-NN / linear probe.
+    per_worker_batch = cfg.train.batch_size // world_size
+    dataset, loader = build_train_loader(cfg, per_worker_batch, cfg.train.seed)
+    num_classes = len(dataset.classes)
+    steps_per_epoch = len(loader)
+    if cfg.train.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(dataset)} images)")
+    eval_sets = build_eval_sets(cfg) if is_main else None
+    n_crops = 2 + cfg.crops.local_number
+
+    # --- networks: student (drop path, optional predictor) and teacher (no gradients).
+    seed_everything(cfg.train.seed)
+    student, teacher = build_networks(cfg)
+    student, teacher = student.to(device), teacher.to(device)
+    if world_size > 1:
+        student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+    policy = TeacherPolicy(cfg.dino.teacher)
+
+    # --- loss: DINO cross-entropy (or a Table 7 variant), EsViT's region loss on top.
+    criterion = build_criterion(cfg, n_crops).to(device)
+    region_criterion = None
+    if cfg.esvit.region_loss:
+        from dinolab.losses.region import RegionLoss
+
+        region_criterion = RegionLoss(cfg.dino.out_dim, student_temp=cfg.dino.student_temp, center_momentum=cfg.dino.center_momentum).to(device)
+
+    # --- optimizer: weight decay on weights only (not biases / norms), values set every step.
+    groups = param_groups(unwrap(student))
+    if cfg.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    # --- schedules: per-step lr (linear scaling by the total batch), wd, momentum; per-epoch tau_t.
+    epochs = cfg.train.epochs
+    lr_sched = cosine_schedule(cfg.train.lr * cfg.train.batch_size / 256.0, cfg.train.min_lr, epochs, steps_per_epoch, cfg.train.warmup_epochs)
+    wd_sched = cosine_schedule(cfg.train.weight_decay, cfg.train.weight_decay_end, epochs, steps_per_epoch)
+    mom_sched = cosine_schedule(cfg.dino.momentum, 1.0, epochs, steps_per_epoch)
+    temp_sched = teacher_temp_schedule(cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp, cfg.dino.warmup_teacher_temp_epochs, epochs)
+
+    # --- resume: continue from the latest epoch checkpoint of this trial.
+    result = TrainResult(workdir=workdir, num_classes=num_classes)
+    history: dict[str, list[float]] = {}
+    start_epoch = 0
+    latest = ckpt.latest_checkpoint(workdir) if resume else None
+    if latest is not None:
+        state = ckpt.load_checkpoint(latest)
+        unwrap(student).load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        criterion.load_state_dict(state["criterion"])
+        if region_criterion is not None:
+            region_criterion.load_state_dict(state["region_criterion"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        history = state["history"]
+        result.final.update(state.get("final", {}))
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
+    elif is_main and eval_sets is not None:
+        # k-NN of the network at random init: the baseline every trained number is read against.
+        knn0, _ = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+        result.final["knn_top1_random_init"] = knn0
+    result.start_epoch = start_epoch
+
+    # --- loop.
+    # Fault injection fires once per trial folder (a marker survives the retry's new process).
+    fault_marker = workdir / "fault_injected"
+    fault_pending = cfg.train.fail_at_step is not None and not fault_marker.exists()
+    train_seconds, train_images = 0.0, 0
+    wall_start = time.time()
+    eval_cache = None
+    progress = _progress(cfg, is_main, epochs, start_epoch)
+    for epoch in range(start_epoch, epochs):
+        seed_everything(epoch_seed(cfg.train.seed, epoch, rank))
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        teacher_temp = float(temp_sched[epoch])
+        sums = {"loss": 0.0, "teacher_entropy": 0.0, "kl": 0.0}
+        student.train()
+        epoch_start = time.perf_counter()
+        n_steps = 0
+        for it, (crops, _) in enumerate(loader):
+            if it >= steps_per_epoch:
+                break
+            step = epoch * steps_per_epoch + it
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"cancelled at epoch {epoch} step {it}")
+            if fault_pending and step == cfg.train.fail_at_step:
+                fault_marker.parent.mkdir(parents=True, exist_ok=True)
+                fault_marker.touch()
+                raise InjectedFault(f"train.fail_at_step={step}: injected fault")
+            for i, group in enumerate(optimizer.param_groups):
+                group["lr"] = float(lr_sched[step])
+                if i == 0:  # only the regularized group gets weight decay
+                    group["weight_decay"] = float(wd_sched[step])
+
+            crops = [c.to(device, non_blocking=True) for c in crops]
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                # Only the 2 global views reach the teacher; the student sees every view.
+                t_out = teacher(crops[:2], with_tokens=region_criterion is not None)
+                s_out = student(crops, with_tokens=region_criterion is not None)
+                loss, teacher_probs = _loss(cfg, criterion, region_criterion, s_out, t_out, teacher_temp, n_crops)
+
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch} step {it}")
+
+            optimizer.zero_grad(set_to_none=True)
+            policy.before_step(unwrap(student), teacher)
+            scaler.scale(loss).backward()
+            if cfg.train.clip_grad:
+                scaler.unscale_(optimizer)
+                clip_gradients(unwrap(student), cfg.train.clip_grad)
+            cancel_last_layer_gradients(unwrap(student), epoch, cfg.train.freeze_last_layer)
+            scaler.step(optimizer)
+            scaler.update()
+            policy.after_step(unwrap(student), teacher, float(mom_sched[step]))
+            if cfg.dino.loss == "ce":
+                criterion.update_center(t_out.logits.float())
+            if region_criterion is not None:
+                region_criterion.update_center(torch.cat([r.float() for r in t_out.region_logits], dim=1))
+
+            with torch.no_grad():
+                sums["loss"] += loss.item()
+                if teacher_probs is not None:
+                    h, kl = entropy_and_kl(teacher_probs.float(), s_out.logits.float(), cfg.dino.student_temp, n_crops)
+                    sums["teacher_entropy"] += h
+                    sums["kl"] += kl
+            n_steps += 1
+            progress.update(epoch, it, steps_per_epoch, loss.item())
+
+        policy.on_epoch_end(unwrap(student), teacher)
+        elapsed = time.perf_counter() - epoch_start
+        train_seconds += elapsed
+        train_images += n_steps * cfg.train.batch_size
+
+        metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
+        if cfg.dino.loss != "ce":
+            metrics.pop("teacher_entropy"), metrics.pop("kl")
+        metrics.update(
+            lr=float(lr_sched[epoch * steps_per_epoch]),
+            weight_decay=float(wd_sched[epoch * steps_per_epoch]),
+            momentum=float(mom_sched[epoch * steps_per_epoch]),
+            teacher_temp=teacher_temp,
+            images_per_s=n_steps * cfg.train.batch_size / max(elapsed, 1e-9),
+        )
+        last_epoch = epoch == epochs - 1
+        if is_main and ((epoch + 1) % cfg.eval.knn_every == 0 or last_epoch):
+            metrics["knn_top1"], eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+        for k, v in metrics.items():
+            history.setdefault(k, []).append(float(v))
+        history.setdefault("epoch", []).append(float(epoch))
+
+        if is_main:
+            reporter.log_metrics(metrics, step=epoch)
+            state = {
+                "epoch": epoch,
+                "global_step": (epoch + 1) * steps_per_epoch,
+                "student": unwrap(student).state_dict(),
+                "teacher": teacher.state_dict(),
+                "criterion": criterion.state_dict(),
+                "region_criterion": region_criterion.state_dict() if region_criterion is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": ckpt.rng_state(),
+                "history": history,
+                "final": dict(result.final),
+            }
+            ckpt.save_epoch_checkpoint(workdir, epoch, state, keep=cfg.train.keep_checkpoints)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+        if world_size > 1:
+            dist.barrier()
+    progress.close()
+
+    # --- end: final weights, linear probe on cached frozen features, cost figures.
+    result.history = history
+    result.epochs_done = epochs
+    if is_main:
+        final_dir = workdir / "final"
+        ckpt.atomic_save(unwrap(teacher).backbone.state_dict(), final_dir / "teacher_backbone.pt")
+        ckpt.atomic_save(unwrap(student).backbone.state_dict(), final_dir / "student_backbone.pt")
+        if eval_cache is None:  # resumed after the last epoch's evaluation
+            _, eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+        if "knn_top1" in history:
+            result.final["knn_top1"] = history["knn_top1"][-1]
+        if cfg.eval.linear:
+            from dinolab.eval.linear import linear_probe
+
+            tr_f, tr_y, te_f, te_y = eval_cache
+            probe = linear_probe(
+                tr_f, tr_y, te_f, te_y, num_classes, lrs=cfg.eval.linear_lrs, epochs=cfg.eval.linear_epochs,
+                val_fraction=cfg.eval.val_fraction, seed=cfg.train.seed,
+            )
+            result.final["linear_top1"] = float(probe["top1"])
+            result.final["linear_val_top1"] = float(probe["val_top1"])
+        if train_seconds > 0:
+            result.final["throughput_images_per_s"] = train_images / train_seconds
+        result.final["train_seconds"] = train_seconds
+        result.final["peak_rss_mb"] = peak_rss_mb()
+        result.final["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+        result.final["loop_wall_s"] = time.time() - wall_start
+    return result
+
+
+def _loss(cfg, criterion, region_criterion, s_out, t_out, teacher_temp, n_crops):
+    """The configured objective; returns (loss, teacher probabilities or None)."""
+    from dinolab.losses.variants import infonce_loss, mse_loss
+
+    if cfg.dino.loss == "mse":
+        return mse_loss(s_out.logits, t_out.logits, n_crops), None
+    if cfg.dino.loss == "infonce":
+        return infonce_loss(s_out.logits, t_out.logits, n_crops, cfg.dino.infonce_temp), None
+    out = criterion(s_out.logits, t_out.logits, teacher_temp)
+    loss = out.loss
+    if region_criterion is not None:
+        # EsViT: each pair's term is 0.5 view-level + 0.5 region-level cross-entropy.
+        region = region_criterion(s_out.tokens, s_out.region_logits, t_out.tokens, t_out.region_logits, teacher_temp)
+        loss = 0.5 * loss + 0.5 * region
+    return loss, out.teacher_probs
+
+
+class _progress:
+    """A tqdm bar over all steps of the run (main process only, and only when asked)."""
+
+    def __init__(self, cfg, is_main, epochs, start_epoch):
+        self.bar = None
+        if is_main and cfg.train.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=epochs - start_epoch, desc=cfg.name, unit="epoch", leave=False, dynamic_ncols=True)
+        self._epoch = start_epoch
+
+    def update(self, epoch, it, steps, loss):
+        if self.bar is None:
+            return
+        if it == steps - 1:
+            self.bar.update(1)
+        self.bar.set_postfix(epoch=epoch, step=f"{it + 1}/{steps}", loss=f"{loss:.3f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

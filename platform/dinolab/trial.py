@@ -1,0 +1,246 @@
+"""One trial, end to end: check data, open (or reopen) its MLflow run, train, evaluate, record.
+
+This is the adapter between ``train(cfg, reporter)`` and MLflow; ``dinolab run`` calls it
+directly and the sweep calls it inside each Ray Tune trial. A trial lives in
+``<storage>/trials/<trial id>/`` with its checkpoints and a ``trial.json`` naming its MLflow run,
+so a retried or relaunched trial continues the same run and logs only the epochs after its
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from dinolab import __version__
+from dinolab.config import ExperimentConfig, METHOD_VERSION, config_hash, dump_config, flatten, identity_dict, runtime_dict, trial_id
+from dinolab.home import default_storage, resolve_tracking_uri, trial_dir
+
+log = logging.getLogger(__name__)
+
+SUMMARY_LAST_K = 3
+LOWER_IS_BETTER = {"loss", "kl"}
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED
+    final: dict = field(default_factory=dict)
+    reason: str = ""
+    workdir: Optional[Path] = None
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> tuple[str, str]:
+    """(commit, dirty) of the checkout dinolab runs from, or ("unknown", "unknown")."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit or "unknown", "true" if dirty else "false") if commit else ("unknown", "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+
+
+def environment_text() -> str:
+    """``pip freeze`` of the running interpreter, from package metadata (no subprocess)."""
+    from importlib import metadata
+
+    lines = sorted(f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"])
+    return "\n".join(lines) + "\n"
+
+
+def summaries(history: dict[str, list[float]], last_k: int = SUMMARY_LAST_K) -> dict[str, float]:
+    """final/, best/ and last<k>/ value of every per-epoch metric: reports never read histories."""
+    out = {}
+    for name, values in history.items():
+        if name == "epoch" or not values:
+            continue
+        out[f"final/{name}"] = values[-1]
+        out[f"best/{name}"] = min(values) if name in LOWER_IS_BETTER else max(values)
+        tail = values[-last_k:]
+        out[f"last{last_k}/{name}"] = sum(tail) / len(tail)
+    return out
+
+
+def trial_identity(cfg: ExperimentConfig) -> tuple[str, str]:
+    """(trial id, data fingerprint)."""
+    from dinolab.data.datasets import data_fingerprint
+
+    fp = data_fingerprint(cfg.data)
+    return trial_id(cfg, fp), fp
+
+
+def trial_tags(cfg: ExperimentConfig, tid: str, fingerprint: str, grids: Iterable[str] = ()) -> dict[str, str]:
+    import torch
+
+    commit, dirty = git_state()
+    tags = {
+        "dinolab.trial_id": tid,
+        "dinolab.config_hash": config_hash(cfg),
+        "dinolab.data_fingerprint": fingerprint,
+        "dinolab.method_version": str(METHOD_VERSION),
+        "dinolab.version": __version__,
+        "dinolab.git_commit": commit,
+        "dinolab.git_dirty": dirty,
+        "dinolab.torch": torch.__version__,
+        "dinolab.cuda": str(torch.version.cuda),
+        "dinolab.host": os.uname().nodename,
+    }
+    grids = sorted(set(grids))
+    for g in grids:
+        tags[f"dinolab.grid.{g}"] = "1"
+    if grids:
+        tags["dinolab.grids"] = ",".join(grids)
+    for key, value in flatten(runtime_dict(cfg)).items():
+        tags[f"runtime.{key}"] = str(value)
+    return tags
+
+
+def _read_state(workdir: Path) -> dict:
+    path = workdir / "trial.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(workdir: Path, **state) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f"trial.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, workdir / "trial.json")
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:
+        return False
+
+
+def run_trial(
+    cfg: ExperimentConfig,
+    *,
+    tracking_uri: Optional[str] = None,
+    storage: Optional[Path] = None,
+    parent_run_id: Optional[str] = None,
+    grids: Iterable[str] = (),
+    fresh: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+    raise_errors: bool = False,
+    on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+    train_fn: Optional[Callable[..., "TrainResult"]] = None,
+) -> TrialOutcome:
+    """Run (or continue) one trial and record it as one MLflow run.
+
+    tracking_uri: the store to record in (default: cfg.tracking.uri, $MLFLOW_TRACKING_URI, the home's store).
+    fresh: start over even if an unfinished checkpoint exists (the old run is tagged superseded).
+    raise_errors: re-raise unexpected exceptions after marking the run FAILED (Ray retries them).
+    on_epoch_end: called after each epoch's metrics and checkpoint are written (a sweep reports to Ray Tune).
+    train_fn: replaces ``dinolab.train.loop.train`` with the same signature (the sweep's multi-worker group).
+    """
+    from dinolab.data.datasets import check_data
+    from dinolab.track.mlflow_store import MLflowReporter, client_for, end_run, get_or_create_experiment, reopen_run, start_run
+    from dinolab.train.loop import NonFiniteLoss, TrainingCancelled, train
+
+    check_data(cfg.data)  # bad data stops here, before anything is written to MLflow
+    tid, fingerprint = trial_identity(cfg)
+    workdir = trial_dir(storage or default_storage(), tid)
+    uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)
+    client = client_for(uri)
+    experiment_id = get_or_create_experiment(client, cfg.tracking.experiment)
+    tags = trial_tags(cfg, tid, fingerprint, grids)
+
+    state = _read_state(workdir)
+    old_run = state.get("run_id")
+    reopen = (
+        not fresh and old_run and state.get("status") != "FINISHED" and _run_exists(client, old_run)
+    )
+    if not reopen:
+        if old_run and _run_exists(client, old_run):
+            client.set_tag(old_run, "dinolab.superseded", "true")
+        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(workdir / "final", ignore_errors=True)
+        run_id = start_run(client, experiment_id, cfg.tracking.run_name or cfg.name, tags, parent_run_id)
+        reporter = MLflowReporter(client, run_id)
+        reporter.log_params(flatten(identity_dict(cfg)))
+        reporter.log_text(dump_config(cfg), "config.yaml")
+        reporter.log_text(environment_text(), "environment.txt")
+    else:
+        run_id = old_run
+        reopen_run(client, run_id)
+        reporter = MLflowReporter(client, run_id)
+        reporter.set_tags({k: v for k, v in tags.items() if k.startswith(("dinolab.grid", "runtime.", "dinolab.git", "dinolab.host"))})
+    attempts = int(state.get("attempts", 0)) + 1
+    _write_state(workdir, run_id=run_id, trial_id=tid, status="RUNNING", attempts=attempts, tracking_uri=uri)
+    (workdir / "config.yaml").write_text(dump_config(cfg))
+    log.info("trial %s -> MLflow run %s (%s), checkpoints in %s", tid, run_id, uri, workdir)
+
+    device_name = "cuda" if cfg.train.device == "auto" and _cuda() else cfg.train.device
+    reporter.set_tags({"dinolab.device": device_name, "dinolab.heartbeat": str(int(time.time())), "dinolab.attempts": str(attempts)})
+
+    def heartbeat(epoch: int, metrics: dict) -> None:
+        reporter.set_tags({"dinolab.heartbeat": str(int(time.time())), "dinolab.epochs_done": str(epoch + 1)})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, metrics)
+
+    wall = time.time()
+    try:
+        result = (train_fn or train)(cfg, reporter, workdir=workdir, resume=True, should_stop=should_stop, on_epoch_end=heartbeat)
+    except NonFiniteLoss as e:
+        return _close(client, reporter, workdir, tid, run_id, "FAILED", f"non-finite loss: {e}")
+    except TrainingCancelled as e:
+        return _close(client, reporter, workdir, tid, run_id, "KILLED", str(e))
+    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised or returned
+        outcome = _close(client, reporter, workdir, tid, run_id, "FAILED", f"{type(e).__name__}: {e}")
+        if raise_errors or not isinstance(e, Exception):
+            raise
+        return outcome
+
+    from dinolab.eval.collapse import detect_collapse
+
+    final = dict(result.final)
+    final["wall_time_s"] = time.time() - wall + float(state.get("wall_time_s", 0.0))
+    final["epochs_done"] = result.epochs_done
+    cpus = (cfg.train.threads or cfg.resources.cpus_per_worker) * cfg.resources.workers
+    hours = final.get("loop_wall_s", final["wall_time_s"]) / 3600.0
+    final["cpu_hours"] = hours * cpus
+    final["gpu_hours"] = hours * cfg.resources.gpus_per_worker * cfg.resources.workers if device_name.startswith("cuda") else 0.0
+    collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
+    reporter.log_metrics({**summaries(result.history), **final}, step=result.epochs_done)
+    reporter.set_tags({"dinolab.collapsed": "true" if collapsed else "false", "dinolab.collapse_reason": reason})
+    weights = workdir / "final" / "teacher_backbone.pt"
+    if weights.exists():
+        reporter.log_artifact(weights, "weights")
+    return _close(client, reporter, workdir, tid, run_id, "FINISHED", "", final)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _close(client, reporter, workdir, tid, run_id, status, reason, final=None) -> TrialOutcome:
+    from dinolab.track.mlflow_store import end_run
+
+    if reason:
+        reporter.set_tags({"dinolab.failure_reason": reason[:4000]})
+        log.warning("trial %s %s: %s", tid, status, reason)
+    end_run(client, run_id, status)
+    state = _read_state(workdir)
+    state.update(status=status, reason=reason)
+    _write_state(workdir, **state)
+    return TrialOutcome(tid, run_id, status, final or {}, reason, workdir)
