@@ -8,3 +8,8 @@ __all__ = [
     "ConfigError", "ExperimentConfig", "METHOD_VERSION", "apply_overrides", "build_config", "config_hash",
     "config_to_dict", "dump_config", "flatten", "identity_dict", "load_experiment", "load_layers", "runtime_dict", "trial_id",
 ]
+
+from .grid import dry_run_table, expand_grid, load_grid  # noqa: E402
+from .paper_tables import load_paper_tables  # noqa: E402
+
+__all__ += ["dry_run_table", "expand_grid", "load_grid", "load_paper_tables"]

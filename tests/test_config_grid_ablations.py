@@ -1,0 +1,146 @@
+"""Every ablation file and experiment loads and expands; the paper values in them are the paper's.
+
+Expansion must not need the data: the ImageNet / CIFAR bases point at folders absent here.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dinolab.config import load_experiment
+from dinolab.config.grid import expand_grid
+
+ROOT = Path(__file__).parents[1]
+ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+SHARED_TABLES = Path(__file__).parents[2] / "shared" / "reference" / "paper_tables.yaml"
+
+_GRIDS: dict = {}
+
+
+def _no_data(data_cfg):
+    raise AssertionError(f"expansion read the data ({data_cfg.name} at {data_cfg.root})")
+
+
+def grid_of(path: Path):
+    """One expansion per file for the whole module; reading the data during it fails the test."""
+    if path not in _GRIDS:
+        _GRIDS[path] = expand_grid(path, fingerprint=_no_data)
+    return _GRIDS[path]
+
+
+@lru_cache(maxsize=None)
+def _raw_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def raw_of(path: Path) -> dict:
+    return yaml.safe_load(_raw_text(path))
+
+
+@lru_cache(maxsize=1)
+def shared_tables() -> dict:
+    """The shared file read directly (not through dinolab.config.paper_tables), once."""
+    data = yaml.load(SHARED_TABLES.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return {t["id"]: t for t in data["tables"]}
+
+
+def test_the_library_is_there():
+    names = {p.stem for p in ABLATIONS}
+    tables = {"dino_table7", "dino_fig6_teachers", "dino_table8_multicrop", "dino_table9_batch", "dino_fig5_patch",
+              "dino_appD_center_momentum", "dino_appD_teacher_temp", "dino_table2_same_arch", "esvit_table4_arch",
+              "esvit_table5_window"}
+    assert {"demo"} | tables | {f"{t}_cifar" for t in tables} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_loads(path):
+    cfg = load_experiment(path)
+    assert path.read_text(encoding="utf-8").startswith("# ")
+    assert cfg.name
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_ablation_expands(path):
+    grid = grid_of(path)
+    raw = raw_of(path)
+
+    # Counted from the raw file, independently of the expansion code.
+    seeds = raw.get("seeds", [0])
+    if "rows" in raw:
+        runnable = [r for r in raw["rows"] if not r.get("reference_only", False)]
+        n_rows = len(runnable)
+    else:
+        n_rows = 1
+        values = list(raw["axes"]["values"].values())
+        for v in values:
+            n_rows = n_rows * len(v) if raw["axes"].get("mode", "product") == "product" else len(v)
+    assert len(grid.trials) == n_rows * len(seeds)
+    assert {(t.row, t.seed) for t in grid.trials} == {(r.name, s) for r in grid.rows if not r.reference_only for s in seeds}
+
+    assert len({r.name for r in grid.rows}) == len(grid.rows)
+    assert len({t.config_hash for t in grid.trials}) == len(grid.trials)  # no two trials are the same run
+    defaults = [r for r in grid.rows if r.default]
+    assert len(defaults) == 1 and not defaults[0].reference_only
+    assert grid.name == path.stem
+    for t in grid.trials:
+        assert t.config.train.seed == t.seed
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_ablation_header_gives_its_command_and_what_it_shows(path):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    text = "\n".join(header)
+    assert len(header) >= 3, "the file must begin with a comment block"
+    assert f"Command: dinolab sweep ablations/{path.name}" in text
+    assert f"dinolab report ablations/{path.name}" in text
+    assert "Shows:" in text
+    if raw_of(path).get("paper_table"):
+        assert "Paper (" + raw_of(path)["paper_table"] in text
+
+
+def test_demo_grid_runs_on_the_embedded_data_with_ids():
+    grid = expand_grid(ROOT / "ablations" / "demo.yaml")
+    assert [r.name for r in grid.rows] == ["DINO (centering)", "no centering"]
+    assert grid.default_row.name == "DINO (centering)" and grid.seeds == [0, 1, 2]
+    assert {t.config.data.name for t in grid.trials} == {"synthetic"}
+    assert {t.config.resources.gpus_per_worker for t in grid.trials} == {0}
+    ids = grid.trial_ids()  # synthetic data: the fingerprint needs no folder
+    assert len(set(ids)) == 6
+
+
+@pytest.mark.parametrize("path", [p for p in ABLATIONS if p.stem.endswith("_cifar")], ids=lambda p: p.name)
+def test_cifar_version_has_the_same_rows_as_its_table(path):
+    full, small = raw_of(path.with_name(path.stem[: -len("_cifar")] + ".yaml")), raw_of(path)
+    assert small["base"] == "../experiments/cifar10_vit_tiny.yaml"
+    assert small["paper_table"] == full["paper_table"]
+    pick = lambda raw: [(r.get("paper_row"), r.get("paper"), r.get("reference_only", False)) for r in raw["rows"]]  # noqa: E731
+    assert pick(small) == pick(full)
+    for t in grid_of(path).trials:
+        assert t.config.data.name == "imagefolder" and t.config.crops.global_size <= 70
+
+
+def _paper_rows():
+    for path in ABLATIONS:
+        raw = raw_of(path)
+        for row in raw.get("rows", []):
+            if row.get("paper"):
+                yield pytest.param(path, raw["paper_table"], row, id=f"{path.stem}:{row['name']}")
+
+
+@pytest.mark.parametrize("path, table_id, row", list(_paper_rows()))
+def test_paper_values_are_the_papers(path, table_id, row):
+    """Each row's paper values equal the cell of shared/reference/paper_tables.yaml at (paper_row, column)."""
+    if not SHARED_TABLES.is_file():
+        pytest.skip("../shared/reference/paper_tables.yaml is not present")
+    table = shared_tables()[table_id]
+    cells = table["rows"][row["paper_row"] - 1]
+    for column, value in row["paper"].items():
+        assert cells[table["columns"].index(column)] == value, f"{path.name} row {row['name']!r} paper.{column}"
