@@ -311,6 +311,11 @@ def train(
         # k-NN of the network at random init: the baseline every trained number is read against.
         knn0, _ = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
         result.final["knn_top1_random_init"] = knn0
+        if unwrap(teacher).backbone.supports_attention:
+            from dinolab.eval.attention import evaluate_attention
+
+            attn0, _ = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
+            result.final.update({f"{k}_random_init": v for k, v in attn0.items()})
     result.start_epoch = start_epoch
 
     # --- loop.
@@ -434,6 +439,13 @@ def train(
             _, eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
         if "knn_top1" in history:
             result.final["knn_top1"] = history["knn_top1"][-1]
+        if unwrap(teacher).backbone.supports_attention:
+            # The paper's Figures 1/3/4: last-block [CLS] attention, and its Jaccard with object masks.
+            from dinolab.eval.attention import evaluate_attention
+
+            attn, figure = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
+            result.final.update(attn)
+            reporter.log_image(figure, "attention/cls_maps", step=epochs)
         if cfg.eval.linear:
             from dinolab.eval.linear import linear_probe
 
