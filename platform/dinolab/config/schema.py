@@ -134,12 +134,23 @@ class DataConfig(Section):
     root: Optional[str] = runtime(None, "Data folder (imagefolder / cifar). Expanded (~, relative to the YAML), made absolute.")
     num_workers: int = runtime(0, "DataLoader worker processes.", ge=0)
     train_limit: Optional[int] = Field(None, ge=1, description="Use only the first N training images (a fixed, seeded subset).")
+    augment: Literal["fast", "reference"] = Field(
+        "fast",
+        description="Multi-crop implementation: fast = crops per image on uint8 tensors + batched colour ops on the "
+        "training device; reference = DINO's PIL pipeline one image at a time. Same recipe, checked statistically.",
+    )
     # The embedded data set (data.name = synthetic); these shape the data, so they are identity.
     synthetic_train: int = Field(2000, ge=10, description="Synthetic: training images.")
     synthetic_test: int = Field(500, ge=10, description="Synthetic: test images.")
     synthetic_size: int = Field(32, ge=8, description="Synthetic: image side in px.")
     synthetic_classes: int = Field(6, ge=2, le=10, description="Synthetic: number of shape classes.")
     synthetic_seed: int = Field(0, ge=0, description="Synthetic: generator seed (the data set, not the trial).")
+    synthetic_palette: Literal["vivid", "muted"] = Field(
+        "muted", description="Synthetic colours: vivid (random RGB) or muted (near-grey; colour is then a weak instance cue)."
+    )
+    synthetic_object_area: Scale = Field(
+        (0.06, 0.16), description="Synthetic: the object's area as a fraction of the image, drawn uniformly (the same for every class)."
+    )
 
 
 class EvalConfig(Section):

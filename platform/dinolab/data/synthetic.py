@@ -161,15 +161,38 @@ def _background_weights(kind: str, side: int, rng: np.random.Generator) -> np.nd
     raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
 
 
-def render(label: int, image_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+PALETTES = ("vivid", "muted")
+
+
+def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-grey background colours and an object lighter or darker than them.
+
+    With few distinct colours across the data set, colour is a weak cue for telling images apart,
+    so a self-supervised network that must match two views of one image has to use shape and
+    texture: the demo learns shape in minutes instead of colour histograms.
+    """
+    base = rng.uniform(0.3, 0.7)
+    bg_a = np.clip(base + rng.normal(0.0, 0.05, 3), 0, 1)
+    bg_b = np.clip(base + rng.uniform(-0.12, 0.12) + rng.normal(0.0, 0.05, 3), 0, 1)
+    sign = -1.0 if base > 0.5 else 1.0
+    colour = np.clip(base + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
+    return bg_a, bg_b, colour
+
+
+def render(label: int, image_size: int, rng: np.random.Generator, palette: str = "vivid",
+           area_range: tuple[float, float] = AREA_RANGE) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one image of class ``label``.
 
+    palette: "vivid" (random RGB colours everywhere) or "muted" (near-grey, see ``_muted_colours``);
+    either way the colours are drawn independently of the class.
     Returns (image (S, S, 3) uint8, mask (S, S) bool, params dict). All random draws come from ``rng``.
     """
+    if palette not in PALETTES:
+        raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
     name = CLASS_NAMES[label]
     big = image_size * SUPERSAMPLE
     # Object geometry: area fraction -> radius in px; the bounding circle stays inside the image.
-    area = rng.uniform(*AREA_RANGE)
+    area = rng.uniform(*area_range)
     radius = image_size * math.sqrt(area / unit_area(name))
     radius = min(radius, 0.49 * image_size)
     margin = radius + 0.5
@@ -178,18 +201,24 @@ def render(label: int, image_size: int, rng: np.random.Generator) -> tuple[np.nd
     mirror = bool(rng.random() < 0.5)
     # Colours: the object's is far from every blend of the two background colours.
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    bg_a, bg_b = rng.random(3), rng.random(3)
-    if kind == "flat":
-        bg_b = bg_a
-    best, best_d = None, -1.0
-    for _ in range(64):
-        colour = rng.random(3)
-        d = _segment_distance(colour, bg_a, bg_b)
-        if d > best_d:
-            best, best_d = colour, d
-        if d >= MIN_CONTRAST:
-            break
-    colour = best
+    if palette == "muted":
+        bg_a, bg_b, colour = _muted_colours(rng)
+        if kind == "flat":
+            bg_b = bg_a
+        best_d = _segment_distance(colour, bg_a, bg_b)
+    else:
+        bg_a, bg_b = rng.random(3), rng.random(3)
+        if kind == "flat":
+            bg_b = bg_a
+        best, best_d = None, -1.0
+        for _ in range(64):
+            colour = rng.random(3)
+            d = _segment_distance(colour, bg_a, bg_b)
+            if d > best_d:
+                best, best_d = colour, d
+            if d >= MIN_CONTRAST:
+                break
+        colour = best
     # The object is drawn supersampled and box-averaged: coverage (S, S) in [0, 1] anti-aliases edges and gives the mask.
     t = _background_weights(kind, image_size, rng)[..., None]  # (S, S, 1)
     obj = _draw_mask(SHAPES[name], big, (cx * SUPERSAMPLE, cy * SUPERSAMPLE), radius * SUPERSAMPLE, angle, mirror)
@@ -219,7 +248,13 @@ class SyntheticShapes(Dataset):
     """
 
     def __init__(self, num_images: int, image_size: int, num_classes: int, seed: int, split: str,
-                 transform: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, palette: str = "vivid",
+                 area_range: tuple[float, float] = AREA_RANGE) -> None:
+        if palette not in PALETTES:
+            raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
+        if not 0 < area_range[0] <= area_range[1] < 0.6:
+            raise ValueError(f"area_range must satisfy 0 < low <= high < 0.6, got {area_range}")
+        self.palette, self.area_range = palette, (float(area_range[0]), float(area_range[1]))
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         if not 2 <= num_classes <= len(CLASS_NAMES):
@@ -244,7 +279,7 @@ class SyntheticShapes(Dataset):
         i = i % self.num_images
         if self._params[i] is None:
             rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
-            self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng)
+            self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng, self.palette, self.area_range)
         return i
 
     def __getitem__(self, i: int) -> tuple[Any, int]:

@@ -171,12 +171,23 @@ def build_criterion(cfg: ExperimentConfig, n_crops: int):
 
 
 def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
+    """(dataset, loader, on_device): ``on_device`` finishes the views once they are on the device
+    (the fast path's batched colour operations; identity for the reference pipeline)."""
     from dinolab.data.datasets import build_dataset
-    from dinolab.data.multicrop import MultiCropAugmentation
 
     c = cfg.crops
-    aug = MultiCropAugmentation(c.global_size, c.local_size, c.local_number, tuple(c.global_scale), tuple(c.local_scale))
-    dataset = build_dataset(cfg.data, "train", transform=aug)
+    if cfg.data.augment == "fast":
+        from dinolab.data.fast_multicrop import fast_multicrop
+
+        geometry, photometric = fast_multicrop(c)
+        dataset = build_dataset(cfg.data, "train", transform=geometry)
+        on_device = photometric
+    else:
+        from dinolab.data.multicrop import MultiCropAugmentation
+
+        aug = MultiCropAugmentation(c.global_size, c.local_size, c.local_number, tuple(c.global_scale), tuple(c.local_scale))
+        dataset = build_dataset(cfg.data, "train", transform=aug)
+        on_device = None
     rank, world_size = world()
     if world_size > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
@@ -191,7 +202,7 @@ def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
         drop_last=True,
         persistent_workers=False,
     )
-    return dataset, loader
+    return dataset, loader, on_device
 
 
 def build_eval_sets(cfg: ExperimentConfig):
@@ -246,7 +257,7 @@ def train(
 
     # --- data: multi-crop views for training; a fixed eval bank for k-NN / linear probe.
     per_worker_batch = cfg.train.batch_size // world_size
-    dataset, loader = build_train_loader(cfg, per_worker_batch, cfg.train.seed)
+    dataset, loader, finish_views = build_train_loader(cfg, per_worker_batch, cfg.train.seed)
     num_classes = len(dataset.classes)
     steps_per_epoch = len(loader)
     if cfg.train.steps_per_epoch:
@@ -351,6 +362,8 @@ def train(
                     group["weight_decay"] = float(wd_sched[step])
 
             crops = [c.to(device, non_blocking=True) for c in crops]
+            if finish_views is not None:
+                crops = finish_views(crops)  # colour jitter, grayscale, blur, solarize, normalise: batched
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 # Only the 2 global views reach the teacher; the student sees every view.
                 t_out = teacher(crops[:2], with_tokens=region_criterion is not None)
