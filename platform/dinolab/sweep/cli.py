@@ -1,0 +1,100 @@
+"""``dinolab sweep`` and ``dinolab status``: the command-line face of the launcher.
+
+  dinolab sweep ablations/demo.yaml --dry-run     the trial table: row, seed, overrides, id, status
+  dinolab sweep ablations/demo.yaml               runs what is missing (locally: as many as fit)
+  dinolab sweep ablations/dino_table7.yaml --address auto --gpus-per-worker 1 --workers 8
+  dinolab sweep ablations/demo.yaml --cancel      running trials stop at their next step (runs KILLED)
+  dinolab status ablations/demo.yaml              per trial: finished, running, failed (why), missing, ...
+Exit codes: 0 every trial of the grid is done (or the request was written), 1 some trial is not,
+2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from dinolab.config import ConfigError
+
+
+def _storage(args) -> Path:
+    from dinolab.home import default_storage
+
+    return Path(args.storage).expanduser().resolve() if args.storage else default_storage()
+
+
+def _grid(args):
+    from .launcher import load_sweep_grid
+
+    return load_sweep_grid(
+        args.ablation, args.set, workers=getattr(args, "workers", None), cpus_per_worker=getattr(args, "cpus_per_worker", None),
+        gpus_per_worker=getattr(args, "gpus_per_worker", None),
+    )
+
+
+def cmd_sweep(args) -> int:
+    from .launcher import cancel, format_plan, launch, plan_grid
+
+    if args.cancel and (args.dry_run or args.rerun or args.rerun_failed):
+        raise ConfigError("--cancel cannot be combined with --dry-run, --rerun or --rerun-failed")
+    grid = _grid(args)
+    storage = _storage(args)
+    if args.cancel:
+        marker, running = cancel(grid, storage)
+        print(f"grid {grid.name}: cancel requested ({marker}); {len(running)} running trial(s) stop at their next step, "
+              f"their runs are marked KILLED and their checkpoints kept; the next launch resumes them")
+        return 0
+    plan = plan_grid(grid, storage, rerun=args.rerun, rerun_failed=args.rerun_failed, strict=not args.dry_run)
+    if args.dry_run:
+        print(format_plan(plan), end="")
+        return 0
+    print(f"dinolab: tracking store {plan.tracking_uri}, experiment {plan.experiment}", file=sys.stderr)
+    print(f"dinolab: trials and checkpoints under {plan.storage / 'trials'}", file=sys.stderr)
+    report = launch(
+        plan, address=args.address, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        scheduler=args.scheduler, verbose=0 if args.quiet else 1,
+    )
+    after = report.after or plan
+    print(format_plan(after, with_detail=True), end="")
+    for tid, error in report.errors.items():
+        print(f"trial {tid} failed after {args.max_failures} retries: {error}")
+    skipped = [i for i in after.items if i.state == "failed"]
+    tail = f"; {len(skipped)} failed trial(s) not retried (--rerun-failed retries them)" if skipped and not report.launched else ""
+    print(f"grid {grid.name}: launched {report.launched} trial(s), tagged {report.tagged} finished run(s) with this grid"
+          f" in {report.wall_s:.0f} s{tail}")
+    return 0 if report.complete else 1
+
+
+def cmd_status(args) -> int:
+    from .launcher import format_plan, plan_grid
+
+    plan = plan_grid(_grid(args), _storage(args), strict=False)
+    print(f"dinolab: tracking store {plan.tracking_uri}, experiment {plan.experiment}", file=sys.stderr)
+    print(format_plan(plan, with_detail=True), end="")
+    return 0
+
+
+def add_sweep_commands(subparsers) -> None:
+    s = subparsers.add_parser("sweep", help="run an ablation grid on Ray Tune (only the trials not yet finished)")
+    s.add_argument("ablation", help="grid YAML, e.g. ablations/demo.yaml")
+    s.add_argument("--dry-run", action="store_true", help="print the trial table with each trial's status; run nothing")
+    s.add_argument("--rerun", action="store_true", help="run every trial again from scratch (old runs tagged superseded)")
+    s.add_argument("--rerun-failed", action="store_true", help="retry failed trials (from their latest checkpoint)")
+    s.add_argument("--cancel", action="store_true", help="stop the grid's running trials (runs KILLED, checkpoints kept)")
+    s.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local, isolated Ray)")
+    s.add_argument("--storage", help="storage root for checkpoints and locks, shared by all nodes (default: $DINOLAB_HOME)")
+    s.add_argument("--workers", type=int, help="data-parallel workers per trial (runtime; default: the grid's resources)")
+    s.add_argument("--cpus-per-worker", type=float, help="CPUs per worker, fractions allowed")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, fractions allowed (the models must fit together)")
+    s.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
+    s.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raises or whose worker dies (default 2)")
+    s.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="fifo for ablation grids; asha stops weak trials early (searches)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field in every trial")
+    s.add_argument("-q", "--quiet", action="store_true", help="no Ray Tune progress tables")
+    s.set_defaults(func=cmd_sweep)
+
+    t = subparsers.add_parser("status", help="each trial of a grid: finished, running, failed (why), missing, ...")
+    t.add_argument("ablation", help="grid YAML")
+    t.add_argument("--storage", help="storage root (default: $DINOLAB_HOME)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the same overrides the sweep used")
+    t.set_defaults(func=cmd_status)

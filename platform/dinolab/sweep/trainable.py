@@ -1,0 +1,157 @@
+"""The Ray Tune trial function: claim the trial, decide run / resume / reuse, call ``run_trial``.
+
+Each Tune trial carries one ``TrialTask`` (everything absolute: Ray moves the trial's working
+directory). The function
+
+1. returns at once when the grid's cancel marker exists;
+2. takes the trial's claim lock (``<storage>/trials/<id>/claim.lock``), waiting while another launch
+   trains it (and giving up if the grid is cancelled meanwhile); the lock dies with this process;
+3. under the lock, looks at the trial's runs again: a FINISHED run that this launch does not replace
+   means someone finished it while we waited, so the run is only tagged with this grid;
+4. otherwise continues the run named by the trial folder's ``trial.json`` (a retry or a relaunch), or
+   starts a new run after tagging the replaced / orphaned runs superseded;
+5. trains through ``dinolab.trial.run_trial`` (one process, or a worker group for ``workers > 1``),
+   reporting each epoch to Tune; unexpected errors propagate so Tune retries from the checkpoint.
+
+The trainer is imported inside the function (a launcher is only an adapter).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialTask:
+    """What one Tune trial needs; plain data (sent to Ray as a dict)."""
+
+    trial_id: str
+    grid: str
+    row: str
+    seed: int
+    config: dict  # the resolved config (config_to_dict), tracking.uri and resources set
+    storage: str  # absolute storage root
+    tracking_uri: str  # absolute
+    parent_run_id: Optional[str] = None
+    rerun: bool = False  # start over, superseding the runs in ``replace``
+    replace: list[str] = field(default_factory=list)  # run ids the plan saw (the ones --rerun replaces)
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    claim_poll_s: float = 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read_state(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / "trial.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]] = None) -> dict:
+    """Run one task to its end (see the module docstring); returns a summary dict for Tune.
+
+    ``outcome``: finished | failed | killed (cancelled) | reused (finished elsewhere) | cancelled (before start).
+    """
+    from dinolab.config import build_config
+    from dinolab.home import trial_dir
+
+    from . import store
+    from .locks import FileLock, cancel_marker, claim_path
+
+    storage = Path(task.storage)
+    tid = task.trial_id
+    marker = cancel_marker(storage, task.grid)
+    if marker.exists():
+        return {"outcome": "cancelled", "trial_id": tid}
+    claim = FileLock(claim_path(storage, tid))
+    if not claim.acquire(blocking=True, poll_s=task.claim_poll_s, abort=marker.exists):
+        return {"outcome": "cancelled", "trial_id": tid}
+    try:
+        client = store.open_client(task.tracking_uri)
+        runs = store.trial_runs(client, [tid])[tid]
+        current = store.current_run(runs)
+        replaced = task.rerun and current is not None and current.run_id in task.replace
+        if current is not None and current.status == "FINISHED" and not replaced:
+            # Finished by another launch (or grid) while this one waited: it serves this grid too.
+            store.add_grid(client, storage, tid, current.run_id, task.grid)
+            return {"outcome": "reused", "trial_id": tid, "run_id": current.run_id}
+        if current is not None and current.early_stopped and not task.rerun:
+            return {"outcome": "reused", "trial_id": tid, "run_id": current.run_id}
+
+        workdir = trial_dir(storage, tid)
+        state = _read_state(workdir)
+        named = state.get("run_id")
+        # Continue the current run only when this trial folder holds its checkpoints (trial.json names it).
+        resume = current is not None and not replaced and named == current.run_id
+        if resume:
+            store.clear_failure(client, current)
+        else:
+            if replaced:
+                stale = [r for r in runs if r.run_id in task.replace]
+                why = "replaced by --rerun"
+            else:
+                stale = [current] if current is not None else []
+                why = f"taken over: its checkpoints are not under {workdir}"
+            store.supersede(client, stale, why)
+        cfg = build_config(task.config, source=f"grid {task.grid} row {task.row!r} seed {task.seed}")
+        if resume and int(state.get("attempts", 0)) >= 1 and cfg.train.fail_at_step is not None:
+            # Fault injection fires on a trial's first attempt only: the retry must get through.
+            cfg.train.fail_at_step = None
+        if cfg.train.threads is None:
+            cfg.train.threads = max(1, int(task.cpus_per_worker))
+        grids = {task.grid}.union(*(r.grids for r in runs)) if runs else {task.grid}
+
+        train_fn = None
+        if task.workers > 1:
+            from .distributed import WorkerGroupTrainer
+
+            train_fn = WorkerGroupTrainer(task.workers, task.cpus_per_worker, task.gpus_per_worker)
+
+        from dinolab.trial import run_trial
+
+        outcome = run_trial(
+            cfg,
+            tracking_uri=task.tracking_uri,
+            storage=storage,
+            parent_run_id=task.parent_run_id,
+            grids=sorted(grids),
+            fresh=not resume,
+            should_stop=marker.exists,
+            raise_errors=True,
+            on_epoch_end=on_epoch,
+            train_fn=train_fn,
+        )
+        summary = {"outcome": outcome.status.lower(), "trial_id": tid, "run_id": outcome.run_id}
+        summary.update({k: float(v) for k, v in outcome.final.items() if k in ("knn_top1", "linear_top1")})
+        return summary
+    finally:
+        claim.release()
+
+
+def tune_trial(config: dict, tasks: dict) -> None:
+    """The function Ray Tune runs: ``config = {"trial_id": ...}``, ``tasks`` = {trial id: TrialTask dict}."""
+    from ray import tune
+
+    from dinolab.train.loop import TrainingCancelled
+
+    task = TrialTask(**tasks[config["trial_id"]])
+
+    def on_epoch(epoch: int, metrics: dict) -> None:
+        result = {"epoch": epoch + 1, **{k: float(v) for k, v in metrics.items()}}
+        try:
+            tune.report(result)
+        except SystemExit:  # Tune stops a trial from inside report(): the scheduler stopped it
+            raise TrainingCancelled(f"stopped by the Tune scheduler after epoch {epoch}") from None
+
+    summary = execute_task(task, on_epoch)
+    tune.report(summary)
