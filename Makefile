@@ -5,7 +5,8 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/dinolab run experiments/demo.yaml
+	.venv/bin/dinolab sweep ablations/demo.yaml
+	.venv/bin/dinolab report ablations/demo.yaml
 
 test: setup
 	@bash scripts/system_deps.sh

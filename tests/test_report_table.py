@@ -39,6 +39,7 @@ grid: tiny_t7
 base: {base}
 paper_table: dino_t7_components
 paper_setup: {{data: imagenet, arch: vit_small, patch_size: 16, epochs: 300, gpus: 16}}
+set: {{train.epochs: 10, model.patch_size: 4}}
 seeds: [0, 1, 2]
 columns:
   - {{metric: knn_top1, label: k-NN, paper: knn}}
@@ -61,6 +62,7 @@ grid: tiny_matched
 base: {base}
 paper_table: dino_t7_components
 paper_setup: {{data: synthetic, patch_size: 4, epochs: 10}}
+set: {{train.epochs: 10, model.patch_size: 4}}
 seeds: [0]
 columns:
   - {{metric: knn_top1, label: k-NN, paper: knn}}
