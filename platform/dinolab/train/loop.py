@@ -496,11 +496,14 @@ def _loss(cfg, criterion, region_criterion, s_out, t_out, teacher_temp, n_crops)
 
 
 class _progress:
-    """A tqdm bar over all steps of the run (main process only, and only when asked)."""
+    """A tqdm bar over all steps of the run: main process only, when asked, and only on a terminal
+    (Ray trial processes and CI logs get per-epoch log lines from the trial instead)."""
 
     def __init__(self, cfg, is_main, epochs, start_epoch):
+        import sys
+
         self.bar = None
-        if is_main and cfg.train.progress:
+        if is_main and cfg.train.progress and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=epochs - start_epoch, desc=cfg.name, unit="epoch", leave=False, dynamic_ncols=True)
