@@ -1,17 +1,8 @@
 """Images/s of DINO's multi-crop augmentation: the PIL reference against the two-stage fast path.
 
-    reference   MultiCropAugmentation: decode the JPEG with PIL, then torchvision's PIL transforms,
-                one image at a time (as a Dataset worker runs it), then collate each batch of float
-                views (torch.stack per view, as DataLoader does)
-    fast        stage 1 per image (PIL decode -> uint8 tensor -> crops + flips), collate each batch of
-                uint8 views (torch.stack per view), stage 2 (BatchedPhotometric) on the batch on --device
-
-Recipes: paper 2x224 + 10x96 on ~256 px JPEGs (ImageNet-like size), CIFAR 2x32 + 6x16 on 32 px JPEGs.
-Images: CIFAR-10 JPEGs from shared/datasets/cifar10-jpeg.tar.gz (upsampled to 256 px and re-encoded in
-memory for the paper recipe) when the archive exists, else the synthetic shapes. Repeats of the two paths
-are interleaved, so load from other processes hits both alike, and timed in CPU seconds of the (single)
-thread, so time spent descheduled on a shared machine does not count; the table gives the median
-images/s per process and the min-max spread over the repeats.
+The measuring code is in dinolab.bench.augment (also the `augment_paper` figure of `dinolab bench`); this
+script prints both recipes (paper 2x224 + 10x96 on ~256 px JPEGs, CIFAR 2x32 + 6x16 on 32 px JPEGs): the
+median images/s per process and the min-max spread over interleaved repeats, in CPU seconds of one thread.
 
     python bench/augment_bench.py                         # one thread, CPU, 5 repeats
     python bench/augment_bench.py --device cuda --repeats 3
@@ -20,98 +11,15 @@ images/s per process and the min-max spread over the repeats.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import sys
-import tarfile
-import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
 
-from dinolab.data.fast_multicrop import BatchedPhotometric, FastMultiCropGeometry  # noqa: E402
-from dinolab.data.multicrop import MultiCropAugmentation  # noqa: E402
-from dinolab.data.synthetic import SyntheticShapes  # noqa: E402
-
-CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-RECIPES = {
-    # name: (global, local, n_local, image side)
-    "paper 2x224+10x96": (224, 96, 10, 256),
-    "cifar 2x32+6x16": (32, 16, 6, 32),
-}
-GLOBAL_SCALE, LOCAL_SCALE = (0.4, 1.0), (0.05, 0.4)
-
-
-def source_images(n: int) -> tuple[list[Image.Image], str]:
-    """n RGB images: CIFAR-10 JPEGs from the shared archive if present, else synthetic shapes."""
-    if CIFAR_TAR.is_file():
-        images = []
-        with tarfile.open(CIFAR_TAR, "r:gz") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".jpg") and "/train/" in member.name:
-                    images.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
-                    if len(images) == n:
-                        return images, f"CIFAR-10 JPEGs ({CIFAR_TAR.name})"
-    ds = SyntheticShapes(n, 64, 10, seed=0, split="train")
-    return [ds[i][0] for i in range(n)], "synthetic shapes (64 px)"
-
-
-def encode(images: list[Image.Image], side: int) -> list[bytes]:
-    """Resize (bicubic) to side x side and JPEG-encode in memory (quality 90)."""
-    out = []
-    for img in images:
-        if img.size != (side, side):
-            img = img.resize((side, side), Image.BICUBIC)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def decode(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
-
-
-def clock() -> float:
-    """This thread's CPU seconds: on a shared machine, time spent descheduled does not count."""
-    return time.thread_time()
-
-
-def run_reference(aug: MultiCropAugmentation, jpegs: list[bytes], batch: int) -> float:
-    """CPU seconds to augment every image, one at a time, and collate batches of ``batch`` (as DataLoader does)."""
-    t = clock()
-    for start in range(0, len(jpegs), batch):
-        per_image = [aug(decode(data)) for data in jpegs[start:start + batch]]
-        views = [torch.stack(v) for v in zip(*per_image)]
-        del views
-    return clock() - t
-
-
-def run_fast(geometry: FastMultiCropGeometry, photometric: BatchedPhotometric, jpegs: list[bytes], batch: int,
-             device: torch.device) -> tuple[float, float]:
-    """(stage-1 + collate seconds, stage-2 seconds) over every image, in batches of ``batch``.
-
-    CPU seconds of this thread, except stage 2 on a GPU: wall seconds (with a synchronize).
-    """
-    t1 = t2 = 0.0
-    stage2_clock = time.perf_counter if device.type == "cuda" else clock
-    for start in range(0, len(jpegs), batch):
-        t = clock()
-        per_image = [geometry(decode(data)) for data in jpegs[start:start + batch]]
-        views = [torch.stack(v) for v in zip(*per_image)]  # what DataLoader's default collate does
-        t1 += clock() - t
-        t = stage2_clock()
-        views = [v.to(device, non_blocking=True) for v in views]
-        out = photometric(views)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t2 += stage2_clock() - t
-        del out
-    return t1, t2
+from dinolab.bench.augment import RECIPES, measure_recipe, source_images  # noqa: E402
 
 
 def spread(values: list[float]) -> str:
@@ -138,24 +46,9 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name in args.recipes:
-        g, l, n, side = RECIPES[name]
-        jpegs = encode(images, side)
-        ref = MultiCropAugmentation(g, l, n, GLOBAL_SCALE, LOCAL_SCALE)
-        geometry = FastMultiCropGeometry(g, l, n, GLOBAL_SCALE, LOCAL_SCALE)
-        photometric = BatchedPhotometric(g, l, n, GLOBAL_SCALE, LOCAL_SCALE)
-        run_reference(ref, jpegs[:4], args.batch)  # warm-up
-        run_fast(geometry, photometric, jpegs[:args.batch], args.batch, device)
-        ref_ips, fast_ips, speedups, s1, s2 = [], [], [], [], []
-        for _ in range(args.repeats):
-            t_ref = run_reference(ref, jpegs, args.batch)
-            t1, t2 = run_fast(geometry, photometric, jpegs, args.batch, device)
-            ref_ips.append(len(jpegs) / t_ref)
-            fast_ips.append(len(jpegs) / (t1 + t2))
-            speedups.append(t_ref / (t1 + t2))
-            s1.append(1e3 * t1 / len(jpegs))
-            s2.append(1e3 * t2 / len(jpegs))
-        print(f"{name:<20} {spread(ref_ips):>24} {spread(fast_ips):>24} {statistics.median(speedups):7.1f}x   "
-              f"{statistics.median(s1):19.2f} {statistics.median(s2):13.2f}")
+        m = measure_recipe(name, images, args.batch, args.repeats, device)
+        print(f"{name:<20} {spread(m['reference_ips']):>24} {spread(m['fast_ips']):>24} {statistics.median(m['speedup']):7.1f}x   "
+              f"{statistics.median(m['stage1_ms']):19.2f} {statistics.median(m['stage2_ms']):13.2f}")
     print("img/s per CPU-second of one thread: median [min-max] over repeats; speedup: median of per-repeat "
           "ratios (interleaved runs).")
 
