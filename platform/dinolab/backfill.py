@@ -1,0 +1,77 @@
+"""``dinolab backfill ABLATION.yaml``: add a metric that did not exist when trials ran, computed
+from each finished run's saved final weights (no retraining), logged into that same run.
+
+Today's backfillable metric: ``attention`` (the last-block [CLS] attention maps as an MLflow image
+and, where the data set knows object masks, ``attn_jaccard_best_head`` / ``attn_jaccard_mean_head``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from dinolab.config import ConfigError, build_config
+from dinolab.home import resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+METRICS = ("attention",)
+
+
+def _trained_backbone(client, run_id: str):
+    """(config, teacher backbone with the run's final weights), from the run's artifacts."""
+    import yaml
+
+    from dinolab.models.registry import build_backbone
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
+        cfg = build_config(yaml.safe_load(Path(cfg_path).read_text()), source=f"run {run_id} config.yaml")
+        weights = client.download_artifacts(run_id, "weights/teacher_backbone.pt", tmp)
+        backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=0.0)
+        backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return cfg, backbone.eval()
+
+
+def backfill_attention(client, run_id: str) -> dict[str, float]:
+    """Compute and log the attention metrics of one finished run; returns what was logged."""
+    from dinolab.data.datasets import build_dataset
+    from dinolab.data.multicrop import eval_transform
+    from dinolab.eval.attention import evaluate_attention
+    from dinolab.track.mlflow_store import MLflowReporter
+
+    cfg, backbone = _trained_backbone(client, run_id)
+    if not backbone.supports_attention:
+        return {}
+    test = build_dataset(cfg.data, "test", transform=eval_transform(cfg.eval_image_size))
+    metrics, figure = evaluate_attention(backbone, test)
+    reporter = MLflowReporter(client, run_id)
+    epochs = int(cfg.train.epochs)
+    if metrics:
+        reporter.log_metrics(metrics, step=epochs)
+    reporter.log_image(figure, "attention/cls_maps", step=epochs)
+    return metrics
+
+
+def backfill_grid(path: str, metric: str = "attention", tracking_uri: Optional[str] = None, overrides: Iterable[str] = ()) -> dict[str, dict]:
+    """Backfill ``metric`` on the current finished run of every trial of a grid: {run id: metrics}."""
+    from dinolab.config.grid import load_grid
+    from dinolab.sweep.store import current_run, open_client, trial_runs
+
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r}: backfillable metrics are {', '.join(METRICS)}")
+    grid = load_grid(path, overrides)
+    client = open_client(resolve_tracking_uri(tracking_uri))
+    ids = [t.trial_id for t in grid.trials]
+    done = {}
+    for tid, records in trial_runs(client, ids).items():
+        rec = current_run(records)
+        if rec is None or rec.status != "FINISHED":
+            continue
+        done[rec.run_id] = backfill_attention(client, rec.run_id)
+        log.info("backfilled %s on run %s (trial %s): %s", metric, rec.run_id, tid, done[rec.run_id])
+    return done
