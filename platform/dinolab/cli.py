@@ -55,6 +55,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_backfill(args) -> int:
+    from dinolab.backfill import backfill_grid
+
+    done = backfill_grid(args.ablation, metric=args.metric, tracking_uri=args.tracking_uri, overrides=args.set)
+    for run_id, metrics in done.items():
+        print(f"{run_id} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    print(f"backfilled {args.metric} on {len(done)} finished run(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -72,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--backend", help="backend store URI (default: $MLFLOW_TRACKING_URI or the dinolab home's SQLite store)")
     u.set_defaults(func=cmd_ui)
+
+    f = sub.add_parser("backfill", help="add a metric to a grid's finished runs from their saved final weights")
+    f.add_argument("ablation", help="ablation YAML")
+    f.add_argument("--metric", default="attention", help="what to compute (attention)")
+    f.add_argument("--tracking-uri")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f.set_defaults(func=cmd_backfill)
 
     e = sub.add_parser("export", help="write a finished run's trained teacher backbone weights")
     e.add_argument("run", help="MLflow run id")
