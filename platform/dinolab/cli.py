@@ -1,4 +1,4 @@
-"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export.
+"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, backfill, bench.
 
 Bad input (a wrong key, a missing path, an impossible combination) ends the command with one
 line on stderr naming the key and what is allowed, exit code 2, before anything is written.
@@ -65,6 +65,24 @@ def cmd_backfill(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from dinolab.bench.runner import command_line, format_table, run_bench
+
+    out, markdown = Path(args.out), Path(args.markdown)
+    command = command_line(args.only, args.quick, args.repeats, args.threads, args.out, args.markdown, args.assemble)
+    outcome = run_bench(args.only, quick=args.quick, repeats=args.repeats, threads=args.threads, out=out, markdown=markdown,
+                        command=command, assemble_only=args.assemble)
+    if outcome.records:
+        print(format_table(outcome.records))
+    for name in outcome.skipped:
+        print(f"{name}: skipped (needs CUDA)")
+    for name, error in outcome.failures.items():
+        print(f"{name}: FAILED: {error}", file=sys.stderr)
+    wrote = [str(p) for p in (outcome.results_path, outcome.markdown_path) if p is not None]
+    print(f"command: {command}\nwrote {' and '.join(wrote)}")
+    return 1 if outcome.failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -95,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="backbone.pt")
     e.add_argument("--tracking-uri")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="the benchmark figures: a table, bench/results/<machine>.json and BENCHMARKS.md")
+    b.add_argument("--only", nargs="+", metavar="NAME", help="run only these figures: gemm_fp32 gemm_bf16 step_vit_tiny4 "
+                   "step_vit_tiny16_paper step_vit_small16_paper augment_paper sweep tracking report")
+    b.add_argument("--quick", action="store_true", help="shrunk figures and few repeats: a smoke test, not results")
+    b.add_argument("--repeats", type=int, help="repeats of every figure (default: each figure's own)")
+    b.add_argument("--threads", type=int, help="torch threads of the step and tracking figures (default: the CPUs this process may use)")
+    b.add_argument("--out", default="bench/results", help="folder of the per-machine result files (default bench/results)")
+    b.add_argument("--markdown", default="BENCHMARKS.md", help="the assembled markdown (default BENCHMARKS.md)")
+    b.add_argument("--assemble", action="store_true", help="measure nothing: rebuild the markdown from the result files")
+    b.set_defaults(func=cmd_bench)
 
     try:
         from dinolab.sweep.cli import add_sweep_commands
