@@ -1,4 +1,4 @@
-"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, backfill, bench.
+"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, bench.
 
 Bad input (a wrong key, a missing path, an impossible combination) ends the command with one
 line on stderr naming the key and what is allowed, exit code 2, before anything is written.
@@ -17,7 +17,9 @@ log = logging.getLogger("dinolab")
 
 
 def _print_home(tracking_uri: str, storage: Path) -> None:
-    print(f"dinolab: tracking store {tracking_uri}", file=sys.stderr)
+    from dinolab.home import redact_uri
+
+    print(f"dinolab: tracking store {redact_uri(tracking_uri)}", file=sys.stderr)
     print(f"dinolab: trials and checkpoints under {storage / 'trials'}", file=sys.stderr)
 
 
@@ -47,21 +49,18 @@ def cmd_ui(args) -> int:
     return serve_ui(host=args.host, port=args.port, backend=args.backend)
 
 
+def cmd_server(args) -> int:
+    from dinolab.serve import serve_server
+
+    return serve_server(backend=args.backend, artifacts=args.artifacts, host=args.host, port=args.port, workers=args.workers,
+                        allowed_hosts=args.allowed_hosts, cors_allowed_origins=args.cors_allowed_origins, app_name=args.app_name)
+
+
 def cmd_export(args) -> int:
     from dinolab.export import export_weights
 
     out = export_weights(args.run, Path(args.out), tracking_uri=args.tracking_uri)
     print(f"wrote {out}")
-    return 0
-
-
-def cmd_backfill(args) -> int:
-    from dinolab.backfill import backfill_grid
-
-    done = backfill_grid(args.ablation, metric=args.metric, tracking_uri=args.tracking_uri, overrides=args.set)
-    for run_id, metrics in done.items():
-        print(f"{run_id} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
-    print(f"backfilled {args.metric} on {len(done)} finished run(s)")
     return 0
 
 
@@ -83,6 +82,16 @@ def cmd_bench(args) -> int:
     return 1 if outcome.failures else 0
 
 
+def cmd_backfill(args) -> int:
+    from dinolab.backfill import backfill_grid
+
+    done = backfill_grid(args.ablation, metric=args.metric, tracking_uri=args.tracking_uri, overrides=args.set)
+    for run_id, metrics in done.items():
+        print(f"{run_id} " + " ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    print(f"backfilled {args.metric} on {len(done)} finished run(s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -100,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--backend", help="backend store URI (default: $MLFLOW_TRACKING_URI or the dinolab home's SQLite store)")
     u.set_defaults(func=cmd_ui)
+
+    v = sub.add_parser("server", help="the team's MLflow tracking server (PostgreSQL backend, proxied artifacts), on 127.0.0.1")
+    v.add_argument("--backend", help="database URI without a password, e.g. postgresql://user@db/mlflow (password: PGPASSWORD "
+                   "or ~/.pgpass; default $MLFLOW_BACKEND_STORE_URI or the dinolab home's SQLite store)")
+    v.add_argument("--artifacts", help="folder or bucket the server keeps artifacts in (default: the dinolab home's mlartifacts)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; see docs/team_scale.md before widening)")
+    v.add_argument("--port", type=int, default=5000)
+    v.add_argument("--workers", type=int, help="server worker processes (default: MLflow's)")
+    v.add_argument("--allowed-hosts", help="Host headers the server answers, comma list (MLflow's DNS-rebinding guard)")
+    v.add_argument("--cors-allowed-origins", help="browser origins allowed, comma list")
+    v.add_argument("--app-name", help="MLflow server app, e.g. basic-auth (MLflow's login)")
+    v.set_defaults(func=cmd_server)
 
     f = sub.add_parser("backfill", help="add a metric to a grid's finished runs from their saved final weights")
     f.add_argument("ablation", help="ablation YAML")

@@ -35,6 +35,35 @@ def resolve_tracking_uri(configured: Optional[str] = None) -> str:
     return uri
 
 
+_SECRET_KEYS = ("password", "passwd", "pwd", "token", "secret", "api_key", "apikey")
+
+
+def redact_uri(uri: Optional[str]) -> Optional[str]:
+    """``uri`` with its password (``user:PASSWORD@host``, ``?password=...``) replaced by ``***``.
+
+    For tags, logs and printed lines: a tracking or backend URI may carry credentials, which must
+    never reach MLflow or a terminal (they belong in PGPASSWORD, ~/.pgpass or MLFLOW_TRACKING_PASSWORD).
+    """
+    if not uri or "://" not in uri:
+        return uri
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_KEYS for k, _ in pairs):
+            query = urlencode([(k, "***" if k.lower() in _SECRET_KEYS else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def default_storage() -> Path:
     return dinolab_home()
 

@@ -1,19 +1,33 @@
-"""``dinolab ui``: the MLflow UI over the dinolab store, bound to 127.0.0.1 unless told otherwise."""
+"""``dinolab ui`` and ``dinolab server``: MLflow's server over a dinolab store, on 127.0.0.1 unless told otherwise.
+
+``dinolab ui``: the UI over the local (SQLite) store of one machine.
+``dinolab server``: the team's tracking server: ``mlflow server`` with a database backend (PostgreSQL,
+through the optional ``psycopg2`` driver: ``pip install 'dinolab[postgres]'``) and proxied artifacts
+(``--artifacts-destination``: clients upload through the server, so the trial nodes need no access to
+the artifact folder). Trials and sweeps point ``MLFLOW_TRACKING_URI`` at it.
+
+Credentials never go on a command line: the backend URI is handed to MLflow through its environment
+(``MLFLOW_BACKEND_STORE_URI``), so ``ps`` does not show it, and the database password belongs in
+``PGPASSWORD`` or ``~/.pgpass`` (the URI without one). Every URI printed is redacted.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Optional
 
-from dinolab.home import default_artifact_root, resolve_tracking_uri
+from dinolab.home import default_artifact_root, default_tracking_uri, redact_uri, resolve_tracking_uri
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> list[str]:
     uri = resolve_tracking_uri(backend)
     if uri.startswith(("http://", "https://")):
-        raise SystemExit(f"dinolab ui: the store is a tracking server already ({uri}); open it in a browser")
+        raise SystemExit(f"dinolab ui: the store is a tracking server already ({redact_uri(uri)}); open it in a browser")
     return [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
@@ -24,7 +38,110 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str]
 
 def serve_ui(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> int:
     cmd = ui_command(host, port, backend)
-    print(f"dinolab: MLflow UI for {cmd[cmd.index('--backend-store-uri') + 1]} at http://{host}:{port}", file=sys.stderr)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print("dinolab: warning: binding beyond loopback; the UI has no login (see README, 'Team scale')", file=sys.stderr)
+    print(f"dinolab: MLflow UI for {redact_uri(cmd[cmd.index('--backend-store-uri') + 1])} at http://{host}:{port}", file=sys.stderr)
+    if host not in LOOPBACK:
+        print("dinolab: warning: binding beyond loopback; the UI has no login (see docs/team_scale.md)", file=sys.stderr)
     return subprocess.call(cmd, env=os.environ.copy())
+
+
+def _artifacts_destination(artifacts: Optional[str]) -> str:
+    """An absolute local folder (created) or a remote URI (s3://, gs://, ...) kept as is."""
+    if artifacts and "://" in artifacts and not artifacts.startswith("file://"):
+        return artifacts
+    path = Path(artifacts[len("file://"):] if artifacts and artifacts.startswith("file://") else (artifacts or default_artifact_root()))
+    path = path.expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _postgres_driver(uri: str) -> str:
+    """``uri`` with the installed driver: SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, while the
+    ``postgres`` extra installs psycopg2, which ``postgresql+psycopg2://`` selects."""
+    from dinolab.config import ConfigError
+
+    if uri.startswith("postgresql://") and not _has("psycopg") and _has("psycopg2"):
+        return "postgresql+psycopg2://" + uri[len("postgresql://"):]
+    if uri.startswith("postgresql+psycopg2:") and not _has("psycopg2") or not (_has("psycopg") or _has("psycopg2")):
+        raise ConfigError("--backend postgresql://... needs the PostgreSQL driver: pip install 'dinolab[postgres]' "
+                          "(psycopg2-binary)")
+    return uri
+
+
+def server_command(
+    backend: Optional[str] = None,
+    artifacts: Optional[str] = None,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: Optional[int] = None,
+    allowed_hosts: Optional[str] = None,
+    cors_allowed_origins: Optional[str] = None,
+    app_name: Optional[str] = None,
+) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of ``mlflow server`` for the team: the backend travels in the environment.
+
+    backend: a database URI (``postgresql://user@host:5432/db``; default ``$MLFLOW_BACKEND_STORE_URI``,
+    else the dinolab home's SQLite store); artifacts: the folder or bucket the server stores
+    artifacts in (default the dinolab home's ``mlartifacts``); app_name: e.g. ``basic-auth``.
+    Raises ConfigError for a tracking server given as the backend or a missing PostgreSQL driver.
+    """
+    from dinolab.config import ConfigError
+
+    uri = backend or os.environ.get("MLFLOW_BACKEND_STORE_URI") or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise ConfigError(f"--backend {redact_uri(uri)} is a tracking server; the backend is its database "
+                          f"(postgresql://user@host/db or sqlite:////abs/path.db)")
+    if uri.startswith("sqlite:///"):
+        uri = resolve_tracking_uri(uri)  # absolute
+    if uri.startswith("postgres:"):
+        uri = "postgresql:" + uri[len("postgres:"):]  # SQLAlchemy knows only the long name
+    if uri.startswith(("postgresql:", "postgresql+psycopg2:")):
+        uri = _postgres_driver(uri)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--serve-artifacts", "--artifacts-destination", _artifacts_destination(artifacts),
+        "--host", host, "--port", str(port),
+    ]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    if allowed_hosts:
+        cmd += ["--allowed-hosts", allowed_hosts]
+    if cors_allowed_origins:
+        cmd += ["--cors-allowed-origins", cors_allowed_origins]
+    if app_name:
+        cmd += ["--app-name", app_name]
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    return cmd, env
+
+
+def serve_server(backend: Optional[str] = None, artifacts: Optional[str] = None, host: str = "127.0.0.1", port: int = 5000,
+                 workers: Optional[int] = None, allowed_hosts: Optional[str] = None,
+                 cors_allowed_origins: Optional[str] = None, app_name: Optional[str] = None) -> int:
+    """Become ``mlflow server`` (exec: signals reach it directly); returns only if it cannot start."""
+    cmd, env = server_command(backend, artifacts, host, port, workers, allowed_hosts, cors_allowed_origins, app_name)
+    shown = redact_uri(env["MLFLOW_BACKEND_STORE_URI"])
+    dest = cmd[cmd.index("--artifacts-destination") + 1]
+    print(f"dinolab: tracking server for {shown} (artifacts in {dest}) at http://{host}:{port}", file=sys.stderr)
+    print(f"dinolab: clients: export MLFLOW_TRACKING_URI=http://{'<this host>' if host in ('0.0.0.0', '::') else host}:{port}",
+          file=sys.stderr)
+    if shown != env["MLFLOW_BACKEND_STORE_URI"]:
+        print("dinolab: warning: the backend URI carries a password; put it in PGPASSWORD or ~/.pgpass instead",
+              file=sys.stderr)
+    if host not in LOOPBACK:
+        if not allowed_hosts:
+            print("dinolab: warning: binding beyond loopback without --allowed-hosts; MLflow accepts only localhost and "
+                  "private-network Host headers", file=sys.stderr)
+        if app_name != "basic-auth":
+            print("dinolab: warning: the server has no login; put it behind an authenticating reverse proxy or an SSH "
+                  "tunnel, or use --app-name basic-auth (see docs/team_scale.md)", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+    return 127  # not reached

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 
 from dinolab import __version__
 from dinolab.config import ExperimentConfig, METHOD_VERSION, config_hash, dump_config, flatten, identity_dict, runtime_dict, trial_id
-from dinolab.home import default_storage, resolve_tracking_uri, trial_dir
+from dinolab.home import default_storage, redact_uri, resolve_tracking_uri, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,9 @@ def run_trial(
     workdir = trial_dir(storage or default_storage(), tid)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)
     client = client_for(uri)
+    if cfg.tracking.uri and redact_uri(cfg.tracking.uri) != cfg.tracking.uri:
+        # runtime.tracking.uri tag, config.yaml: never the password (the client above keeps it)
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": redact_uri(cfg.tracking.uri)})})
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment)
     tags = trial_tags(cfg, tid, fingerprint, grids)
 
@@ -184,9 +187,9 @@ def run_trial(
         reporter = MLflowReporter(client, run_id)
         reporter.set_tags({k: v for k, v in tags.items() if k.startswith(("dinolab.grid", "runtime.", "dinolab.git", "dinolab.host"))})
     attempts = int(state.get("attempts", 0)) + 1
-    _write_state(workdir, run_id=run_id, trial_id=tid, status="RUNNING", attempts=attempts, tracking_uri=uri)
+    _write_state(workdir, run_id=run_id, trial_id=tid, status="RUNNING", attempts=attempts, tracking_uri=redact_uri(uri))
     (workdir / "config.yaml").write_text(dump_config(cfg))
-    log.info("trial %s -> MLflow run %s (%s), checkpoints in %s", tid, run_id, uri, workdir)
+    log.info("trial %s -> MLflow run %s (%s), checkpoints in %s", tid, run_id, redact_uri(uri), workdir)
 
     device_name = "cuda" if cfg.train.device == "auto" and _cuda() else cfg.train.device
     reporter.set_tags({"dinolab.device": device_name, "dinolab.heartbeat": str(int(time.time())), "dinolab.attempts": str(attempts)})

@@ -3,6 +3,7 @@
   dinolab sweep ablations/demo.yaml --dry-run     the trial table: row, seed, overrides, id, status
   dinolab sweep ablations/demo.yaml               runs what is missing (locally: as many as fit)
   dinolab sweep ablations/dino_table7.yaml --address auto --gpus-per-worker 1 --workers 8
+  dinolab sweep ablations/dino_table7.yaml --address auto --storage /shared/dinolab --max-node-gpus 8
   dinolab sweep ablations/demo.yaml --cancel      running trials stop at their next step (runs KILLED)
   dinolab status ablations/demo.yaml              per trial: finished, running, failed (why), missing, ...
 Exit codes: 0 every trial of the grid is done (or the request was written), 1 some trial is not,
@@ -11,10 +12,25 @@ Exit codes: 0 every trial of the grid is done (or the request was written), 1 so
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from dinolab.config import ConfigError
+from dinolab.home import redact_uri
+
+
+def _env_float(value, env: str):
+    """The flag's value, else the environment variable's (a site setting), else None."""
+    if value is not None:
+        return value
+    text = os.environ.get(env)
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"${env} must be a number, got {text!r}") from None
 
 
 def _storage(args) -> Path:
@@ -48,11 +64,12 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(format_plan(plan), end="")
         return 0
-    print(f"dinolab: tracking store {plan.tracking_uri}, experiment {plan.experiment}", file=sys.stderr)
+    print(f"dinolab: tracking store {redact_uri(plan.tracking_uri)}, experiment {plan.experiment}", file=sys.stderr)
     print(f"dinolab: trials and checkpoints under {plan.storage / 'trials'}", file=sys.stderr)
     report = launch(
         plan, address=args.address, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        scheduler=args.scheduler, verbose=0 if args.quiet else 1,
+        scheduler=args.scheduler, verbose=0 if args.quiet else 1, max_node_cpus=_env_float(args.max_node_cpus, "DINOLAB_MAX_NODE_CPUS"),
+        max_node_gpus=_env_float(args.max_node_gpus, "DINOLAB_MAX_NODE_GPUS"), wait_for_resources_s=args.wait_for_resources,
     )
     after = report.after or plan
     print(format_plan(after, with_detail=True), end="")
@@ -69,7 +86,7 @@ def cmd_status(args) -> int:
     from .launcher import format_plan, plan_grid
 
     plan = plan_grid(_grid(args), _storage(args), strict=False)
-    print(f"dinolab: tracking store {plan.tracking_uri}, experiment {plan.experiment}", file=sys.stderr)
+    print(f"dinolab: tracking store {redact_uri(plan.tracking_uri)}, experiment {plan.experiment}", file=sys.stderr)
     print(format_plan(plan, with_detail=True), end="")
     return 0
 
@@ -86,6 +103,12 @@ def add_sweep_commands(subparsers) -> None:
     s.add_argument("--workers", type=int, help="data-parallel workers per trial (runtime; default: the grid's resources)")
     s.add_argument("--cpus-per-worker", type=float, help="CPUs per worker, fractions allowed")
     s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, fractions allowed (the models must fit together)")
+    s.add_argument("--max-node-cpus", type=float, help="autoscaling cluster: CPUs of the largest node it can add "
+                   "(pre-flight check; default $DINOLAB_MAX_NODE_CPUS)")
+    s.add_argument("--max-node-gpus", type=float, help="autoscaling cluster: GPUs of the largest node it can add "
+                   "(default $DINOLAB_MAX_NODE_GPUS)")
+    s.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SEC",
+                   help="when a trial fits no node yet, wait up to SEC seconds for nodes to join (default 0: fail at once)")
     s.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     s.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raises or whose worker dies (default 2)")
     s.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="fifo for ablation grids; asha stops weak trials early (searches)")

@@ -6,7 +6,8 @@ Planning (no Ray): expand the grid, look up each trial id's runs, and decide per
          for the claim, then reuses or resumes);
   skip   failed (unless --rerun-failed); --rerun makes every trial ``run`` from scratch.
 Launching: start Ray locally (isolated) or join a cluster, check that one trial's resources fit the
-nodes, create the store and experiment in the driver, find or create the grid's parent run under a
+nodes (or the largest node an autoscaler can add, or wait for nodes), on a cluster refuse a local
+store and check that every node sees the storage root (``cluster``), create the store and experiment in the driver, find or create the grid's parent run under a
 lock, and run one Tune trial per planned trial through ``Tuner`` (FIFO, or ASHA for searches) with
 ``FailureConfig(max_failures)``. Tune experiments are never restored (a search space cannot change
 on restore): every launch is a new Tune experiment over the trials still missing, and each trial
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from dinolab.config import ConfigError, config_to_dict
-from dinolab.home import default_storage, resolve_tracking_uri
+from dinolab.home import default_storage, redact_uri, resolve_tracking_uri
 
-from . import store
+from . import cluster, store
 from .locks import FileLock, clear_cancel, launch_lock_path, request_cancel, storage_root
 from .trainable import TrialTask
 
@@ -257,7 +258,7 @@ class LaunchReport:
         return self.after is not None and all(i.state in store.DONE_STATES for i in self.after.items)
 
 
-def _task(item: PlanItem, plan: Plan, parent: str, poll_s: float) -> TrialTask:
+def _task(item: PlanItem, plan: Plan, parent: str, poll_s: float, marker: tuple = (None, None)) -> TrialTask:
     cfg = item.trial.config.model_copy(deep=True)
     cfg.tracking.uri = plan.tracking_uri
     r = cfg.resources
@@ -265,7 +266,7 @@ def _task(item: PlanItem, plan: Plan, parent: str, poll_s: float) -> TrialTask:
         trial_id=item.trial_id, grid=plan.grid.name, row=item.trial.row, seed=item.trial.seed, config=config_to_dict(cfg),
         storage=str(plan.storage), tracking_uri=plan.tracking_uri, parent_run_id=parent, rerun=plan.rerun,
         replace=[x.run_id for x in item.runs if not x.superseded], workers=r.workers, cpus_per_worker=r.cpus_per_worker,
-        gpus_per_worker=r.gpus_per_worker, claim_poll_s=poll_s,
+        gpus_per_worker=r.gpus_per_worker, claim_poll_s=poll_s, storage_marker=marker[0], storage_nonce=marker[1],
     )
 
 
@@ -297,8 +298,16 @@ def launch(
     scheduler: str = "fifo",
     claim_poll_s: float = 0.5,
     verbose: int = 1,
+    max_node_cpus: Optional[float] = None,
+    max_node_gpus: Optional[float] = None,
+    wait_for_resources_s: float = 0.0,
 ) -> LaunchReport:
-    """Run the plan's ``run`` trials on Ray Tune; returns what happened and the grid's state after."""
+    """Run the plan's ``run`` trials on Ray Tune; returns what happened and the grid's state after.
+
+    max_node_cpus / max_node_gpus: the largest node an autoscaling cluster can add (the pre-flight
+    check accepts a trial that fits it). wait_for_resources_s: wait this long for nodes to join when
+    a trial fits no node yet.
+    """
     start = time.time()
     grid = plan.grid
     if scheduler not in SCHEDULERS:
@@ -307,6 +316,10 @@ def launch(
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     if max_failures < -1:
         raise ConfigError(f"--max-failures must be >= 0 (or -1: retry forever), got {max_failures}")
+    for flag, value in (("--max-node-cpus", max_node_cpus), ("--max-node-gpus", max_node_gpus),
+                        ("--wait-for-resources", wait_for_resources_s)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} must be >= 0, got {value:g}")
 
     tagged = 0
     done = [i for i in plan.items if i.action == DONE and i.current is not None and grid.name not in i.current.grids]
@@ -321,25 +334,37 @@ def launch(
     if clear_cancel(plan.storage, grid.name):
         log.info("grid %s: removed the cancel marker of an earlier --cancel", grid.name)
     started = connect_ray(address)
-    if (address or os.environ.get("RAY_ADDRESS")) and plan.tracking_uri.startswith("sqlite:"):
-        log.warning("grid %s: SQLite store %s on a cluster: every node must see that file and writes are serialised; "
-                    "the documented path is an MLflow server (tracking.uri / MLFLOW_TRACKING_URI = http://host:5000)",
-                    grid.name, plan.tracking_uri)
+    joined = bool(address or os.environ.get("RAY_ADDRESS"))
     active = FileLock(launch_lock_path(plan.storage, grid.name), shared=True)
     parent = client = after = None
+    marker: tuple = (None, None)
     errors: dict[str, str] = {}
     try:
         import ray
 
+        scaling = cluster.autoscaling(max_node_cpus, max_node_gpus)
+        cluster.require_shared_tracking(plan.tracking_uri, len(cluster.alive_nodes(ray.nodes())), scaling)
         requests = [(i.trial.config.resources.workers, i.trial.config.resources.cpus_per_worker,
                      i.trial.config.resources.gpus_per_worker) for i in todo]
-        check_resources(requests, ray.nodes())
+        cluster.wait_for_resources(
+            lambda: cluster.check_cluster_resources(requests, ray.nodes(), max_node_cpus, max_node_gpus),
+            wait_for_resources_s or 0.0,
+        )
+        nodes = cluster.alive_nodes(ray.nodes())
+        cluster.require_shared_tracking(plan.tracking_uri, len(nodes), scaling)  # nodes may have joined meanwhile
+        if joined or len(nodes) > 1:
+            if plan.tracking_uri.startswith("sqlite:"):
+                log.warning("grid %s: SQLite store %s on a cluster: every node must see that file and writes are serialised; "
+                            "the documented path is an MLflow server (see docs/team_scale.md)", grid.name,
+                            redact_uri(plan.tracking_uri))
+            cluster.check_shared_storage(plan.storage, nodes)
+            marker = cluster.write_launch_marker(plan.storage)  # nodes added later are checked by each trial
         # The driver creates the store (schema migration) and the experiment before any trial writes.
         client = store.open_client(plan.tracking_uri)
         experiment_id = store.init_store(client, plan.experiment)
         active.acquire()
         parent = store.open_parent_run(client, experiment_id, grid.name, plan.storage, _parent_tags(plan))
-        tasks = {i.trial_id: _task(i, plan, parent, claim_poll_s).to_dict() for i in todo}
+        tasks = {i.trial_id: _task(i, plan, parent, claim_poll_s, marker).to_dict() for i in todo}
         sched = _scheduler(scheduler, max(i.trial.config.train.epochs for i in todo))
         results = _fit(plan, tasks, sched, max_concurrent, max_failures, verbose)
         for res in results:
@@ -355,6 +380,7 @@ def launch(
                 _maybe_close_parent(client, parent, after, active, plan)
         finally:
             active.release()
+            cluster.remove_launch_marker(marker[0])
             if started:
                 import ray
 

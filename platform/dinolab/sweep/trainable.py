@@ -3,7 +3,8 @@
 Each Tune trial carries one ``TrialTask`` (everything absolute: Ray moves the trial's working
 directory). The function
 
-1. returns at once when the grid's cancel marker exists;
+1. returns at once when the grid's cancel marker exists; fails (Tune retries elsewhere) on a node that
+   does not see the launch's storage root (a node an autoscaler added after the pre-flight check);
 2. takes the trial's claim lock (``<storage>/trials/<id>/claim.lock``), waiting while another launch
    trains it (and giving up if the grid is cancelled meanwhile); the lock dies with this process;
 3. under the lock, looks at the trial's runs again: a FINISHED run that this launch does not replace
@@ -12,6 +13,8 @@ directory). The function
    starts a new run after tagging the replaced / orphaned runs superseded;
 5. trains through ``dinolab.trial.run_trial`` (one process, or a worker group for ``workers > 1``),
    reporting each epoch to Tune; unexpected errors propagate so Tune retries from the checkpoint.
+   The run records the Ray node it runs on (``dinolab.node``, ``dinolab.node_ip``) and every node
+   it ran on, retries included (``dinolab.nodes``, comma list in order).
 
 The trainer is imported inside the function (a launcher is only an adapter).
 """
@@ -45,6 +48,8 @@ class TrialTask:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     claim_poll_s: float = 0.5
+    storage_marker: Optional[str] = None  # the launch's nonce file under the storage root (cluster launches)
+    storage_nonce: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +60,19 @@ def _read_state(workdir: Path) -> dict:
         return json.loads((workdir / "trial.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def node_tags(previous: str = "") -> dict[str, str]:
+    """Tags naming this process's Ray node; ``previous``: the run's ``dinolab.nodes`` so far. {} outside Ray."""
+    from .cluster import current_node
+
+    node = current_node()
+    if not node:
+        return {}
+    nodes = [n for n in previous.split(",") if n]
+    if not nodes or nodes[-1] != node["id"]:
+        nodes.append(node["id"])
+    return {"dinolab.node": node["id"], "dinolab.node_ip": node["ip"], "dinolab.nodes": ",".join(nodes)}
 
 
 def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]] = None) -> dict:
@@ -73,6 +91,10 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
     marker = cancel_marker(storage, task.grid)
     if marker.exists():
         return {"outcome": "cancelled", "trial_id": tid}
+    if task.storage_marker:
+        from .cluster import verify_launch_marker
+
+        verify_launch_marker(task.storage_marker, task.storage_nonce or "", task.storage)
     claim = FileLock(claim_path(storage, tid))
     if not claim.acquire(blocking=True, poll_s=task.claim_poll_s, abort=marker.exists):
         return {"outcome": "cancelled", "trial_id": tid}
@@ -116,6 +138,9 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             from .distributed import WorkerGroupTrainer
 
             train_fn = WorkerGroupTrainer(task.workers, task.cpus_per_worker, task.gpus_per_worker)
+        where = node_tags(current.tags.get("dinolab.nodes", "") if resume else "")
+        if where:
+            train_fn = _tagging(train_fn, where)
 
         from dinolab.trial import run_trial
 
@@ -136,6 +161,18 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
         return summary
     finally:
         claim.release()
+
+
+def _tagging(train_fn: Optional[Callable], tags: dict[str, str]) -> Callable:
+    """``train_fn`` (default: the trainer) that first writes ``tags`` on the run it trains into."""
+
+    def train_here(cfg, reporter, **kwargs):
+        from dinolab.train.loop import train
+
+        reporter.set_tags(tags)
+        return (train_fn or train)(cfg, reporter, **kwargs)
+
+    return train_here
 
 
 def tune_trial(config: dict, tasks: dict) -> None:

@@ -8,6 +8,7 @@ global state, so several trials in one process (Ray actors) never share an activ
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,10 @@ MAX_TAG = 5000  # MLflow's tag value limit
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
+    from dinolab.home import redact_uri
+
+    if redact_uri(uri) != uri:  # MLflow prints "View run at <tracking URI>", password included, when a run ends
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
