@@ -6,13 +6,14 @@ and ``load_state_dict``, using the run's ``config.yaml`` artifact for ``cfg``.
 
 from __future__ import annotations
 
+
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 from dinolab.config import ConfigError
-from dinolab.home import resolve_tracking_uri
+from dinolab.home import redact_uri, resolve_tracking_uri
 
 
 def export_weights(run_id: str, out: Path, tracking_uri: Optional[str] = None) -> Path:
@@ -22,7 +23,7 @@ def export_weights(run_id: str, out: Path, tracking_uri: Optional[str] = None) -
     try:
         client.get_run(run_id)
     except Exception:
-        raise ConfigError(f"run {run_id}: no such run in {client.tracking_uri}") from None
+        raise ConfigError(f"run {run_id}: no such run in {redact_uri(client.tracking_uri)}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, "weights/teacher_backbone.pt", tmp)

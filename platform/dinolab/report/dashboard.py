@@ -10,6 +10,8 @@ can count them. Unlike the tables, the page reads metric histories (per-epoch cu
 
 from __future__ import annotations
 
+from dinolab.home import redact_uri
+
 import base64
 import contextlib
 import html
@@ -268,7 +270,7 @@ def dashboard_html(table: Table, histories: pd.DataFrame, images: Optional[Mappi
         body.append(f'<p class="meta">{_e(sub)}</p>')
     setup = ", ".join(f"{k}={v}" for k, v in table.paper_setup.items()) or "not given"
     body.append(f'<p class="meta">Paper setup: {_e(setup)} · seeds {_e(", ".join(map(str, table.seeds)))} · '
-                f"store {_e(table.tracking_uri)}{' · ' + _e(generated) if generated else ''}</p>")
+                f"store {_e(redact_uri(table.tracking_uri))}{' · ' + _e(generated) if generated else ''}</p>")
 
     body += ["<h2>Table</h2>", table_html(table), f'<p class="note" data-kind="summary">{_e(summary_line(table))}</p>']
     extra = notes(table)

@@ -8,6 +8,8 @@ effect and the agreement), then the row's cost.
 
 from __future__ import annotations
 
+from dinolab.home import redact_uri
+
 import io
 import math
 import re
@@ -198,7 +200,7 @@ def _title(table: Table) -> str:
 def _setup_text(table: Table) -> str:
     setup = ", ".join(f"{k}={v}" for k, v in table.paper_setup.items()) or "not given"
     seeds = ", ".join(str(s) for s in table.seeds) or "–"
-    return f"Paper setup: {setup}. Seeds: {seeds}. Store: {table.tracking_uri or '–'}."
+    return f"Paper setup: {setup}. Seeds: {seeds}. Store: {redact_uri(table.tracking_uri) or '–'}."
 
 
 # ---------------------------------------------------------------- Markdown
