@@ -527,15 +527,8 @@ def expand_grid(
     )
 
 
-def load_grid(
-    path: str | os.PathLike,
-    overrides: Iterable[str | tuple[str, Any]] = (),
-    data_root: Optional[str] = None,
-    fingerprint: Optional[Fingerprint] = None,
-    paper_tables: Optional[Mapping[str, PaperTable]] = None,
-) -> Grid:
-    """Same as ``expand_grid`` (the name used by the CLI and the report)."""
-    return expand_grid(path, overrides, data_root=data_root, fingerprint=fingerprint, paper_tables=paper_tables)
+# The name the CLI and the report use.
+load_grid = expand_grid
 
 
 # ----------------------------------------------------------------------------------- dry run

@@ -51,7 +51,7 @@ import torchvision.transforms.v2.functional as TF2
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from .multicrop import BLUR_RADIUS, IMAGENET_MEAN, IMAGENET_STD
+from .multicrop import BLUR_RADIUS, IMAGENET_MEAN, IMAGENET_STD, resolve_blur_radius_scale
 
 if TYPE_CHECKING:
     from ..config.schema import CropsConfig
@@ -457,12 +457,8 @@ class BatchedPhotometric:
                  blur_radius_scale: Optional[float] = None) -> None:
         if local_number < 0:
             raise ValueError(f"local_number must be >= 0, got {local_number}")
-        if blur_radius_scale is None:
-            blur_radius_scale = min(global_size / 224.0, 1.0)
-        if blur_radius_scale <= 0:
-            raise ValueError(f"blur_radius_scale must be > 0, got {blur_radius_scale}")
         self.global_size, self.local_size, self.local_number = int(global_size), int(local_size), int(local_number)
-        self.blur_radius_scale = float(blur_radius_scale)
+        self.blur_radius_scale = resolve_blur_radius_scale(global_size, blur_radius_scale)
         self.jitter_p, self.gray_p = JITTER_P, GRAY_P
         self.jitter = JITTER
         self.blur_p, self.solarize_p = dict(BLUR_P), dict(SOLARIZE_P)

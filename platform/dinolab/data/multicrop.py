@@ -93,6 +93,15 @@ def normalize() -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def resolve_blur_radius_scale(global_size: int, blur_radius_scale: Optional[float]) -> float:
+    """The multiplier of the U(0.1, 2.0) blur radius: given, or global_size/224 clipped to <= 1."""
+    if blur_radius_scale is None:
+        blur_radius_scale = min(global_size / 224.0, 1.0)
+    if blur_radius_scale <= 0:
+        raise ValueError(f"blur_radius_scale must be > 0, got {blur_radius_scale}")
+    return float(blur_radius_scale)
+
+
 class MultiCropAugmentation:
     """PIL image -> ``[global1, global2, local1..localN]``: 2 tensors (3, G, G) then N tensors (3, L, L), float32.
 
@@ -111,12 +120,8 @@ class MultiCropAugmentation:
                  local_scale: Sequence[float], blur_radius_scale: Optional[float] = None) -> None:
         if local_number < 0:
             raise ValueError(f"local_number must be >= 0, got {local_number}")
-        if blur_radius_scale is None:
-            blur_radius_scale = min(global_size / 224.0, 1.0)
-        if blur_radius_scale <= 0:
-            raise ValueError(f"blur_radius_scale must be > 0, got {blur_radius_scale}")
         self.global_size, self.local_size, self.local_number = int(global_size), int(local_size), int(local_number)
-        self.blur_radius_scale = float(blur_radius_scale)
+        self.blur_radius_scale = resolve_blur_radius_scale(global_size, blur_radius_scale)
         bicubic = InterpolationMode.BICUBIC
 
         def view(size: int, scale: Sequence[float], extra: list) -> T.Compose:
