@@ -1,6 +1,6 @@
 """Training-step figures: one DINO step against the same step's matrix products timed alone.
 
-Step: what ``dinolab.train.loop.train`` does per iteration on views already on the device (data loading and
+Step: ``dinolab.train.step.train_step``, what ``dinolab.train.loop.train`` does per iteration on views already on the device (data loading and
 augmentation are the augmentation figure's business): teacher on the 2 global views, student on all views,
 DINO loss with the diagnostics the loop logs, backward, per-parameter clipping, AdamW step, EMA teacher
 update, center update. CPU runs fp32; CUDA runs bf16 autocast (``train.precision=bf16``).
@@ -21,7 +21,6 @@ read against).
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -196,6 +195,7 @@ class TrainingStep:
     def __init__(self, cfg: ExperimentConfig, device: torch.device, seed: int = 0) -> None:
         from dinolab.train.loop import autocast_dtype, build_criterion, build_networks, seed_everything
         from dinolab.train.optim import param_groups
+        from dinolab.train.step import StepParts
         from dinolab.train.teacher import TeacherPolicy
 
         self.cfg, self.device = cfg, device
@@ -219,39 +219,15 @@ class TrainingStep:
         sides = [c.global_size] * 2 + [c.local_size] * c.local_number
         # Normalised views: (B, 3, S, S) each, what the loader + photometric stage hand the loop.
         self.crops = [torch.randn(b, 3, s, s, device=device) for s in sides]
+        self.parts = StepParts(cfg, self.student, self.teacher, self.criterion, None, self.optimizer, self.scaler,
+                               self.policy, self.amp_dtype, self.n_crops)
 
     def __call__(self) -> float:
-        from contextlib import nullcontext
+        from dinolab.train.step import train_step
 
-        from dinolab.losses.diagnostics import entropy_and_kl
-        from dinolab.train.loop import _loss
-        from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients
-
-        cfg, crops = self.cfg, self.crops
         self.student.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            t_out = self.teacher(crops[:2])  # only the global views reach the teacher
-            s_out = self.student(crops)
-            loss, teacher_probs = _loss(cfg, self.criterion, None, s_out, t_out, cfg.dino.teacher_temp, self.n_crops)
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"benchmark step: loss is {loss.item()}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.policy.before_step(self.student, self.teacher)
-        self.scaler.scale(loss).backward()
-        if cfg.train.clip_grad:
-            self.scaler.unscale_(self.optimizer)
-            clip_gradients(self.student, cfg.train.clip_grad)
-        cancel_last_layer_gradients(self.student, self.epoch, cfg.train.freeze_last_layer)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.policy.after_step(self.student, self.teacher, cfg.dino.momentum)
-        if cfg.dino.loss == "ce":
-            self.criterion.update_center(t_out.logits.float())
-        with torch.no_grad():
-            value = loss.item()
-            if teacher_probs is not None:
-                entropy_and_kl(teacher_probs.float(), s_out.logits.float(), cfg.dino.student_temp, self.n_crops)
-        return value
+        return train_step(self.parts, self.crops, epoch=self.epoch, teacher_temp=self.cfg.dino.teacher_temp,
+                          momentum=self.cfg.dino.momentum).loss
 
 
 def step_config(overrides: dict, device: torch.device) -> ExperimentConfig:

@@ -14,12 +14,10 @@ bit-identical to an uninterrupted one at the same thread count.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,13 +31,10 @@ from dinolab.config.schema import ExperimentConfig
 from dinolab.track.reporter import Reporter
 
 from . import checkpoint as ckpt
+from .step import NonFiniteLoss, StepParts, objective, train_step, unwrap  # noqa: F401 (NonFiniteLoss, unwrap: re-exported)
 from .teacher import TeacherPolicy, copy_student_to_teacher
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss is no longer finite: the run stops and is marked failed with this reason."""
 
 
 class TrainingCancelled(RuntimeError):
@@ -109,10 +104,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 class _SubsetView(torch.utils.data.Dataset):
@@ -244,8 +235,7 @@ def train(
     ``workdir`` holds the checkpoints; with ``resume`` the latest one is continued, and only the
     epochs after it are logged. ``should_stop`` is polled every step (a sweep's cancel marker).
     """
-    from dinolab.losses.diagnostics import entropy_and_kl
-    from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients, param_groups
+    from dinolab.train.optim import param_groups
     from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
 
     workdir = Path(workdir)
@@ -291,6 +281,7 @@ def train(
         optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    parts = StepParts(cfg, student, teacher, criterion, region_criterion, optimizer, scaler, policy, amp_dtype, n_crops)
 
     # --- schedules: per-step lr (linear scaling by the total batch), wd, momentum; per-epoch tau_t.
     epochs = cfg.train.epochs
@@ -364,38 +355,14 @@ def train(
             crops = [c.to(device, non_blocking=True) for c in crops]
             if finish_views is not None:
                 crops = finish_views(crops)  # colour jitter, grayscale, blur, solarize, normalise: batched
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                # Only the 2 global views reach the teacher; the student sees every view.
-                t_out = teacher(crops[:2], with_tokens=region_criterion is not None)
-                s_out = student(crops, with_tokens=region_criterion is not None)
-                loss, teacher_probs = _loss(cfg, criterion, region_criterion, s_out, t_out, teacher_temp, n_crops)
-
-            if not math.isfinite(loss.item()):
-                raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch} step {it}")
-
-            optimizer.zero_grad(set_to_none=True)
-            policy.before_step(unwrap(student), teacher)
-            scaler.scale(loss).backward()
-            if cfg.train.clip_grad:
-                scaler.unscale_(optimizer)
-                clip_gradients(unwrap(student), cfg.train.clip_grad)
-            cancel_last_layer_gradients(unwrap(student), epoch, cfg.train.freeze_last_layer)
-            scaler.step(optimizer)
-            scaler.update()
-            policy.after_step(unwrap(student), teacher, float(mom_sched[step]))
-            if cfg.dino.loss == "ce":
-                criterion.update_center(t_out.logits.float())
-            if region_criterion is not None:
-                region_criterion.update_center(torch.cat([r.float() for r in t_out.region_logits], dim=1))
-
-            with torch.no_grad():
-                sums["loss"] += loss.item()
-                if teacher_probs is not None:
-                    h, kl = entropy_and_kl(teacher_probs.float(), s_out.logits.float(), cfg.dino.student_temp, n_crops)
-                    sums["teacher_entropy"] += h
-                    sums["kl"] += kl
+            out = train_step(parts, crops, epoch=epoch, teacher_temp=teacher_temp, momentum=float(mom_sched[step]),
+                             where=f"at epoch {epoch} step {it}")
+            sums["loss"] += out.loss
+            if out.teacher_entropy is not None:
+                sums["teacher_entropy"] += out.teacher_entropy
+                sums["kl"] += out.kl
             n_steps += 1
-            progress.update(epoch, it, steps_per_epoch, loss.item())
+            progress.update(epoch, it, steps_per_epoch, out.loss)
 
         policy.on_epoch_end(unwrap(student), teacher)
         elapsed = time.perf_counter() - epoch_start
@@ -476,23 +443,6 @@ def train(
         result.final["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
         result.final["loop_wall_s"] = time.time() - wall_start
     return result
-
-
-def _loss(cfg, criterion, region_criterion, s_out, t_out, teacher_temp, n_crops):
-    """The configured objective; returns (loss, teacher probabilities or None)."""
-    from dinolab.losses.variants import infonce_loss, mse_loss
-
-    if cfg.dino.loss == "mse":
-        return mse_loss(s_out.logits, t_out.logits, n_crops), None
-    if cfg.dino.loss == "infonce":
-        return infonce_loss(s_out.logits, t_out.logits, n_crops, cfg.dino.infonce_temp), None
-    out = criterion(s_out.logits, t_out.logits, teacher_temp)
-    loss = out.loss
-    if region_criterion is not None:
-        # EsViT: each pair's term is 0.5 view-level + 0.5 region-level cross-entropy.
-        region = region_criterion(s_out.tokens, s_out.region_logits, t_out.tokens, t_out.region_logits, teacher_temp)
-        loss = 0.5 * loss + 0.5 * region
-    return loss, out.teacher_probs
 
 
 class _progress:

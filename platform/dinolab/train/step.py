@@ -1,0 +1,115 @@
+"""One DINO optimisation step, shared by the training loop and the step benchmark.
+
+The step, in the reference's order: teacher on the 2 global views and student on every view (under
+bf16/fp16 autocast on CUDA), the configured objective, a finiteness check, backward (through the fp16
+grad scaler when there is one), per-parameter clipping, the head's last layer frozen in the first
+epoch(s), the optimizer step, the teacher update (EMA / copy / previous iteration), the centre's EMA
+update, and the collapse diagnostics (teacher entropy, teacher-student KL). The caller owns the
+schedules: it sets the optimizer's lr / weight decay and passes the momentum and teacher temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from dinolab.config.schema import ExperimentConfig
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss is NaN or infinite: the trial stops and is marked failed with this message."""
+
+
+@dataclass
+class StepParts:
+    """What a step reads and updates. ``student`` may be DDP-wrapped; ``teacher`` never is."""
+
+    cfg: ExperimentConfig
+    student: nn.Module
+    teacher: nn.Module
+    criterion: nn.Module  # DINOLoss (holds the centre)
+    region_criterion: Optional[nn.Module]  # EsViT RegionLoss, or None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    policy: object  # teacher.TeacherPolicy
+    amp_dtype: Optional[torch.dtype]
+    n_crops: int
+
+
+@dataclass
+class StepOutput:
+    loss: float
+    teacher_entropy: Optional[float]  # None for the MSE / InfoNCE objectives (no teacher distribution)
+    kl: Optional[float]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def objective(cfg, criterion, region_criterion, s_out, t_out, teacher_temp: float, n_crops: int):
+    """The configured objective; returns (loss, teacher probabilities or None)."""
+    from dinolab.losses.variants import infonce_loss, mse_loss
+
+    if cfg.dino.loss == "mse":
+        return mse_loss(s_out.logits, t_out.logits, n_crops), None
+    if cfg.dino.loss == "infonce":
+        return infonce_loss(s_out.logits, t_out.logits, n_crops, cfg.dino.infonce_temp), None
+    out = criterion(s_out.logits, t_out.logits, teacher_temp)
+    loss = out.loss
+    if region_criterion is not None:
+        # EsViT: each pair's term is 0.5 view-level + 0.5 region-level cross-entropy.
+        region = region_criterion(s_out.tokens, s_out.region_logits, t_out.tokens, t_out.region_logits, teacher_temp)
+        loss = 0.5 * loss + 0.5 * region
+    return loss, out.teacher_probs
+
+
+def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teacher_temp: float, momentum: float,
+               where: str = "") -> StepOutput:
+    """One step on normalised views ``crops`` (2 global (B, 3, G, G) first, then the locals (B, 3, L, L)).
+
+    Raises NonFiniteLoss (before any parameter changes) when the loss is not finite; ``where`` is added
+    to its message (e.g. "at epoch 3 step 7").
+    """
+    from dinolab.losses.diagnostics import entropy_and_kl
+    from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients
+
+    p, cfg = parts, parts.cfg
+    tokens = p.region_criterion is not None
+    with torch.autocast(crops[0].device.type, dtype=p.amp_dtype) if p.amp_dtype else nullcontext():
+        # Only the 2 global views reach the teacher; the student sees every view.
+        t_out = p.teacher(crops[:2], with_tokens=tokens)
+        s_out = p.student(crops, with_tokens=tokens)
+        loss, teacher_probs = objective(cfg, p.criterion, p.region_criterion, s_out, t_out, teacher_temp, p.n_crops)
+
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"loss is {value}" + (f" {where}" if where else ""))
+
+    student = unwrap(p.student)
+    p.optimizer.zero_grad(set_to_none=True)
+    p.policy.before_step(student, p.teacher)
+    p.scaler.scale(loss).backward()
+    if cfg.train.clip_grad:
+        p.scaler.unscale_(p.optimizer)
+        clip_gradients(student, cfg.train.clip_grad)
+    cancel_last_layer_gradients(student, epoch, cfg.train.freeze_last_layer)
+    p.scaler.step(p.optimizer)
+    p.scaler.update()
+    p.policy.after_step(student, p.teacher, momentum)
+    if cfg.dino.loss == "ce":
+        p.criterion.update_center(t_out.logits.float())
+    if p.region_criterion is not None:
+        p.region_criterion.update_center(torch.cat([r.float() for r in t_out.region_logits], dim=1))
+
+    entropy = kl = None
+    if teacher_probs is not None:
+        with torch.no_grad():
+            entropy, kl = entropy_and_kl(teacher_probs.float(), s_out.logits.float(), cfg.dino.student_temp, p.n_crops)
+    return StepOutput(value, entropy, kl)
