@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from dinolab.data.synthetic import AREA_RANGE, CLASS_NAMES, SyntheticShapes
+from dinolab.data.synthetic import AREA_RANGE, BACKGROUNDS, CLASS_NAMES, SyntheticShapes
 
 S = 32
 # Accuracy above chance (1/6) that counts as a class leak: ~5 binomial standard errors on 600 test images.
@@ -101,6 +101,21 @@ def test_invalid_arguments_raise():
         SyntheticShapes(10, S, 2, seed=0, split="val")
     with pytest.raises(ValueError, match="num_classes"):
         SyntheticShapes(10, S, 11, seed=0, split="train")
+
+
+def test_backgrounds_and_rotation_options():
+    flat = SyntheticShapes(30, S, 4, seed=0, split="train", backgrounds=("flat", "stripes"), max_rotation=10.0)
+    kinds = {flat.describe(i)["background"] for i in range(30)}
+    assert kinds == {"flat", "stripes"}
+    angles = np.degrees([flat.describe(i)["angle"] for i in range(30)])
+    assert np.abs(angles).max() <= 10.0 and angles.std() > 2.0  # drawn in [-10, 10] degrees, not constant
+    anywhere = SyntheticShapes(30, S, 4, seed=0, split="train")
+    assert {anywhere.describe(i)["background"] for i in range(30)} == set(BACKGROUNDS)
+    assert np.degrees([anywhere.describe(i)["angle"] for i in range(30)]).max() > 90.0
+    with pytest.raises(ValueError, match="backgrounds"):
+        SyntheticShapes(10, S, 2, seed=0, split="train", backgrounds=("plaid",))
+    with pytest.raises(ValueError, match="max_rotation"):
+        SyntheticShapes(10, S, 2, seed=0, split="train", max_rotation=200.0)
 
 
 def test_deterministic_from_seed_split_index():

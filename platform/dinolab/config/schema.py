@@ -148,6 +148,15 @@ class DataConfig(Section):
     synthetic_palette: Literal["vivid", "muted"] = Field(
         "muted", description="Synthetic colours: vivid (random RGB) or muted (near-grey; colour is then a weak instance cue)."
     )
+    synthetic_backgrounds: list[Literal["flat", "gradient", "stripes", "checkers", "blobs"]] = Field(
+        ["flat", "gradient", "stripes", "checkers", "blobs"], min_length=1,
+        description="Synthetic: background kinds drawn from, uniformly per image.",
+    )
+    synthetic_max_rotation: float = Field(
+        180.0, ge=0.0, le=180.0,
+        description="Synthetic: the object's rotation ~ U(-x, x) degrees; 180 = any angle. DINO's augmentations teach no "
+        "rotation invariance, so a smaller range keeps shape classes learnable by it.",
+    )
     synthetic_object_area: Scale = Field(
         (0.06, 0.16), description="Synthetic: the object's area as a fraction of the image, drawn uniformly (the same for every class)."
     )

@@ -162,7 +162,9 @@ def build_dataset(data_cfg: DataConfig, split: str, transform: Optional[Callable
         n = data_cfg.synthetic_train if split == "train" else data_cfg.synthetic_test
         ds: Dataset = SyntheticShapes(n, data_cfg.synthetic_size, data_cfg.synthetic_classes, data_cfg.synthetic_seed,
                                       split, transform=transform, palette=data_cfg.synthetic_palette,
-                                      area_range=tuple(data_cfg.synthetic_object_area))
+                                      area_range=tuple(data_cfg.synthetic_object_area),
+                                      backgrounds=tuple(data_cfg.synthetic_backgrounds),
+                                      max_rotation=data_cfg.synthetic_max_rotation)
     elif name == "imagefolder":
         train_dir, test_dir, classes = _imagefolder_layout(data_cfg)
         ds = ClassFolder(train_dir if split == "train" else test_dir, classes, transform=transform)
@@ -322,7 +324,8 @@ def data_fingerprint(data_cfg: DataConfig) -> str:
         return _hash({"name": name, "generator": GENERATOR_VERSION, "train": data_cfg.synthetic_train,
                       "test": data_cfg.synthetic_test, "size": data_cfg.synthetic_size,
                       "classes": data_cfg.synthetic_classes, "seed": data_cfg.synthetic_seed,
-                      "palette": data_cfg.synthetic_palette, "area": list(data_cfg.synthetic_object_area)})
+                      "palette": data_cfg.synthetic_palette, "area": list(data_cfg.synthetic_object_area),
+                      "backgrounds": list(data_cfg.synthetic_backgrounds), "max_rotation": data_cfg.synthetic_max_rotation})
     if name == "imagefolder":
         train, test, classes = _imagefolder_layout(data_cfg)
         files = []

@@ -180,11 +180,15 @@ def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np
 
 
 def render(label: int, image_size: int, rng: np.random.Generator, palette: str = "vivid",
-           area_range: tuple[float, float] = AREA_RANGE) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+           area_range: tuple[float, float] = AREA_RANGE,
+           backgrounds: tuple[str, ...] = BACKGROUNDS,
+           max_rotation: float = 180.0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one image of class ``label``.
 
     palette: "vivid" (random RGB colours everywhere) or "muted" (near-grey, see ``_muted_colours``);
     either way the colours are drawn independently of the class.
+    backgrounds: the background kinds drawn from, uniformly (a subset of ``BACKGROUNDS``).
+    max_rotation: the object's rotation is drawn from U(-max_rotation, max_rotation) degrees (180: any angle).
     Returns (image (S, S, 3) uint8, mask (S, S) bool, params dict). All random draws come from ``rng``.
     """
     if palette not in PALETTES:
@@ -197,10 +201,11 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
     radius = min(radius, 0.49 * image_size)
     margin = radius + 0.5
     cx, cy = rng.uniform(margin, image_size - margin, size=2) if margin < image_size / 2 else (image_size / 2,) * 2
-    angle = rng.uniform(0, 2 * math.pi)
+    # One draw either way, so the images of the default (any angle) do not depend on this option's existence.
+    angle = rng.uniform(0, 2 * math.pi) if max_rotation >= 180.0 else math.radians(rng.uniform(-max_rotation, max_rotation))
     mirror = bool(rng.random() < 0.5)
     # Colours: the object's is far from every blend of the two background colours.
-    kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    kind = backgrounds[int(rng.integers(len(backgrounds)))]
     if palette == "muted":
         bg_a, bg_b, colour = _muted_colours(rng)
         if kind == "flat":
@@ -249,9 +254,17 @@ class SyntheticShapes(Dataset):
 
     def __init__(self, num_images: int, image_size: int, num_classes: int, seed: int, split: str,
                  transform: Optional[Callable] = None, palette: str = "vivid",
-                 area_range: tuple[float, float] = AREA_RANGE) -> None:
+                 area_range: tuple[float, float] = AREA_RANGE, backgrounds: tuple[str, ...] = BACKGROUNDS,
+                 max_rotation: float = 180.0) -> None:
         if palette not in PALETTES:
             raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
+        unknown = [b for b in backgrounds if b not in BACKGROUNDS]
+        if not backgrounds or unknown:
+            raise ValueError(f"backgrounds must be a non-empty subset of {BACKGROUNDS}, got {tuple(backgrounds)}")
+        self.backgrounds = tuple(backgrounds)
+        if not 0.0 <= max_rotation <= 180.0:
+            raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation}")
+        self.max_rotation = float(max_rotation)
         if not 0 < area_range[0] <= area_range[1] < 0.6:
             raise ValueError(f"area_range must satisfy 0 < low <= high < 0.6, got {area_range}")
         self.palette, self.area_range = palette, (float(area_range[0]), float(area_range[1]))
@@ -279,7 +292,8 @@ class SyntheticShapes(Dataset):
         i = i % self.num_images
         if self._params[i] is None:
             rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
-            self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng, self.palette, self.area_range)
+            self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng, self.palette, self.area_range,
+                                                                         self.backgrounds, self.max_rotation)
         return i
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
