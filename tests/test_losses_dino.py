@@ -242,6 +242,22 @@ def test_entropy_plus_kl_is_the_loss():
     assert kl > 0
 
 
+@pytest.mark.parametrize("centering,tau_t", [("ema", 0.06), ("sinkhorn", 0.05), ("ema", 0.0)])
+def test_training_step_diagnostics_equal_the_explicit_ones(centering, tau_t):
+    """The step logs h(P_t) and KL = loss - h; both must equal the loops over the paper's pairs."""
+    from dinolab.losses.diagnostics import kl_from_cross_entropy, teacher_entropy
+
+    n_crops, batch, k = 5, 3, 12
+    student, teacher = _inputs(n_crops, batch, k, seed=11)
+    crit = DINOLoss(k, n_crops, centering=centering)
+    crit.center.copy_(torch.randn(1, k))
+    out = crit(student, teacher, tau_t)
+    h = teacher_entropy(out.teacher_probs)
+    kl = kl_from_cross_entropy(out.loss.item(), h)
+    h_ref, kl_ref = _entropy_kl_loops(out.teacher_probs.tolist(), student.tolist(), n_crops, 0.1)
+    assert h == pytest.approx(h_ref, abs=1e-5) and kl == pytest.approx(kl_ref, rel=1e-5, abs=1e-5)
+
+
 def test_entropy_bounds_uniform_and_one_hot():
     n_crops, batch, k = 3, 2, 16
     student, teacher = _inputs(n_crops, batch, k, seed=9)

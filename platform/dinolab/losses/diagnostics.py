@@ -34,3 +34,21 @@ def entropy_and_kl(
     h = -q_log_q.sum(dim=-1).mean()
     kls = [(q_log_q[iq] - q[iq] * log_p[v]).sum(dim=-1).mean() for iq, v in view_pairs(n_crops)]
     return float(h), float(torch.stack(kls).mean())
+
+
+@torch.no_grad()
+def teacher_entropy(teacher_probs: torch.Tensor) -> float:
+    """h(P_t): mean over the (2B, K) target rows of -sum_k q log q, in nats (0 log 0 = 0)."""
+    q = teacher_probs.detach().float()
+    return float(-torch.xlogy(q, q).sum(dim=-1).mean())
+
+
+def kl_from_cross_entropy(cross_entropy: float, entropy: float) -> float:
+    """KL(P_t || P_s) averaged over the loss's view pairs, from the DINO loss value and h(P_t).
+
+    The loss is the mean over pairs (iq, v) of H(P_t(iq), P_s(v)) = h(P_t(iq)) + KL(P_t(iq) || P_s(v)),
+    and each teacher view enters n_crops - 1 pairs, so the pairs' mean h is the rows' mean h and
+    KL = loss - h: no second pass over the student's (n_crops B, K) log-probabilities (``entropy_and_kl``
+    computes both terms explicitly; the tests check that they agree).
+    """
+    return float(cross_entropy) - float(entropy)

@@ -31,7 +31,7 @@ from dinolab.config.schema import ExperimentConfig
 from dinolab.track.reporter import Reporter
 
 from . import checkpoint as ckpt
-from .step import NonFiniteLoss, StepParts, objective, train_step, unwrap  # noqa: F401 (NonFiniteLoss, unwrap: re-exported)
+from .step import NonFiniteLoss, StepParts, train_step, unwrap  # noqa: F401 (NonFiniteLoss, unwrap: re-exported)
 from .teacher import TeacherPolicy, copy_student_to_teacher
 
 log = logging.getLogger(__name__)

@@ -54,20 +54,21 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def objective(cfg, criterion, region_criterion, s_out, t_out, teacher_temp: float, n_crops: int):
-    """The configured objective; returns (loss, teacher probabilities or None)."""
+    """The configured objective; returns (loss, teacher probabilities or None, DINO view-level
+    cross-entropy or None). The last differs from the loss only with EsViT's region term."""
     from dinolab.losses.variants import infonce_loss, mse_loss
 
     if cfg.dino.loss == "mse":
-        return mse_loss(s_out.logits, t_out.logits, n_crops), None
+        return mse_loss(s_out.logits, t_out.logits, n_crops), None, None
     if cfg.dino.loss == "infonce":
-        return infonce_loss(s_out.logits, t_out.logits, n_crops, cfg.dino.infonce_temp), None
+        return infonce_loss(s_out.logits, t_out.logits, n_crops, cfg.dino.infonce_temp), None, None
     out = criterion(s_out.logits, t_out.logits, teacher_temp)
     loss = out.loss
     if region_criterion is not None:
         # EsViT: each pair's term is 0.5 view-level + 0.5 region-level cross-entropy.
         region = region_criterion(s_out.tokens, s_out.region_logits, t_out.tokens, t_out.region_logits, teacher_temp)
         loss = 0.5 * loss + 0.5 * region
-    return loss, out.teacher_probs
+    return loss, out.teacher_probs, out.loss
 
 
 def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teacher_temp: float, momentum: float,
@@ -77,7 +78,7 @@ def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teach
     Raises NonFiniteLoss (before any parameter changes) when the loss is not finite; ``where`` is added
     to its message (e.g. "at epoch 3 step 7").
     """
-    from dinolab.losses.diagnostics import entropy_and_kl
+    from dinolab.losses.diagnostics import kl_from_cross_entropy, teacher_entropy
     from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients
 
     p, cfg = parts, parts.cfg
@@ -86,7 +87,7 @@ def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teach
         # Only the 2 global views reach the teacher; the student sees every view.
         t_out = p.teacher(crops[:2], with_tokens=tokens)
         s_out = p.student(crops, with_tokens=tokens)
-        loss, teacher_probs = objective(cfg, p.criterion, p.region_criterion, s_out, t_out, teacher_temp, p.n_crops)
+        loss, teacher_probs, view_ce = objective(cfg, p.criterion, p.region_criterion, s_out, t_out, teacher_temp, p.n_crops)
 
     value = loss.item()
     if not math.isfinite(value):
@@ -109,7 +110,7 @@ def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teach
         p.region_criterion.update_center(torch.cat([r.float() for r in t_out.region_logits], dim=1))
 
     entropy = kl = None
-    if teacher_probs is not None:
-        with torch.no_grad():
-            entropy, kl = entropy_and_kl(teacher_probs.float(), s_out.logits.float(), cfg.dino.student_temp, p.n_crops)
+    if teacher_probs is not None:  # Figure 7's diagnostics: h(P_t), and KL = CE - h (no second softmax)
+        entropy = teacher_entropy(teacher_probs)
+        kl = kl_from_cross_entropy(value if view_ce is loss else view_ce.item(), entropy)
     return StepOutput(value, entropy, kl)
