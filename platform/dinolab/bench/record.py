@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from dinolab.memory import proc_status_kb, reset_peak_rss
+
 
 @dataclass
 class Record:
@@ -133,16 +135,6 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
 # ----------------------------------------------------------------------------- memory
 
 
-def _proc_status_kb(key: str) -> Optional[float]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _release_free_memory() -> None:
     """Hand freed heap memory back to the OS (glibc malloc_trim), so an RSS delta sees this figure's allocations."""
     import ctypes
@@ -153,16 +145,6 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 class PeakMemory:
@@ -187,9 +169,9 @@ class PeakMemory:
             self.kind = "CUDA max_memory_allocated"
             return self
         _release_free_memory()
-        self._hwm = _reset_peak_rss() and _proc_status_kb("VmHWM") is not None
+        self._hwm = reset_peak_rss() and proc_status_kb("VmHWM") is not None
         if self._hwm:
-            self._start_kb = _proc_status_kb("VmRSS") or 0.0
+            self._start_kb = proc_status_kb("VmRSS") or 0.0
             self.kind = "peak RSS - RSS at start (VmHWM)"
         else:
             self._start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -201,6 +183,6 @@ class PeakMemory:
             synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self._hwm:
-            self.mb = max(0.0, ((_proc_status_kb("VmHWM") or 0.0) - self._start_kb) / 1024.0)
+            self.mb = max(0.0, ((proc_status_kb("VmHWM") or 0.0) - self._start_kb) / 1024.0)
         else:
             self.mb = max(0.0, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._start_kb) / 1024.0)

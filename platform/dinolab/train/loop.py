@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dinolab.config.schema import ExperimentConfig
+from dinolab.memory import peak_rss_mb, reset_peak_rss
 from dinolab.track.reporter import Reporter
 
 from . import checkpoint as ckpt
@@ -93,11 +93,6 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def world() -> tuple[int, int]:
@@ -243,6 +238,7 @@ def train(
     is_main = rank == 0
     device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.threads or available_cpus())
+    reset_peak_rss()  # peak_rss_mb is this trial's, also in an actor process Ray Tune reuses
     seed_everything(cfg.train.seed)
 
     # --- data: multi-crop views for training; a fixed eval bank for k-NN / linear probe.
