@@ -10,7 +10,6 @@ replaces the center's all-reduce with the identity and must not match. The Ray w
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from dinolab.config import build_config, load_experiment
+from process_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TOTAL_BATCH, STEPS, N_LOCAL = 8, 3, 2
@@ -98,17 +98,11 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, crops, out: str) -
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_workers_match_one_worker_on_the_total_batch(tmp_path):
     cfg_dict, crops = _cfg_dict(), _crops(STEPS)
     ref_losses, ref_center = _run(0, 1, cfg_dict, crops, skip_center_reduce=False)
     out = str(tmp_path / "rank")
-    mp.spawn(_worker, args=(2, _free_port(), cfg_dict, crops, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), cfg_dict, crops, out), nprocs=2, join=True)
     ranks = [torch.load(f"{out}.full.{r}") for r in range(2)]
     control = [torch.load(f"{out}.skip.{r}") for r in range(2)]
 

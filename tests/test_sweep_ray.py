@@ -22,6 +22,7 @@ import yaml
 from dinolab.cli import main
 from dinolab.home import default_tracking_uri
 from dinolab.sweep.locks import cancel_marker, claim_path, is_locked, request_cancel
+from process_helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,18 +84,6 @@ def spawn_sweep(grid: Path, storage: Path, address: str, log: Path) -> subproces
         [sys.executable, "-m", "dinolab", "sweep", str(grid), "--storage", str(storage), "--address", address, "-q"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
     )
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
 
 
 def checkpoints(storage: Path) -> list[Path]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import pytest
 from dinolab.cli import main
 from dinolab.home import redact_uri
 
+from process_helpers import free_port, stop_group, wait_for
 from test_sweep_ray import TINY, assert_each_trial_finished_once, steps, trial_ids, write_grid
 
 pytestmark = pytest.mark.slow
@@ -45,35 +45,6 @@ SMALL = {**TINY, "train.steps_per_epoch": 2, "crops.global_size": 16, "crops.loc
 EPOCH_METRICS = ("loss", "teacher_entropy", "kl", "lr", "weight_decay", "momentum", "teacher_temp", "images_per_s")
 FINAL_METRICS = ("knn_top1", "linear_top1", "knn_top1_random_init", "throughput_images_per_s", "wall_time_s", "peak_rss_mb",
                  "cpu_hours", "gpu_hours", "epochs_done")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str, log: Optional[Path] = None, proc: Optional[subprocess.Popen] = None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.25)
-    tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """End a process started here with start_new_session=True, and its children (same group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def group_cmdlines(pgid: int) -> list[str]:
@@ -208,7 +179,7 @@ def server_started(postgres, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(server_started, cluster):
     """The tracking server, answering."""
-    wait_until(server_started.healthy, 240, "the tracking server", server_started.log, server_started.proc)
+    wait_for(server_started.healthy, 240, "the tracking server", proc=server_started.proc, log=server_started.log)
     return server_started
 
 
@@ -270,7 +241,7 @@ def ensure_worker(c, cpus: int = 2):
         if node.node_id in alive() and alive()[node.node_id]["Resources"].get("CPU") == cpus:
             return node
     node = c.add_node(num_cpus=cpus)
-    wait_until(lambda: node.node_id in alive(), 60, "the new worker node")
+    wait_for(lambda: node.node_id in alive(), 60, "the new worker node")
     return node
 
 
@@ -415,7 +386,7 @@ def test_preflight_refuses_sqlite_and_names_the_node_that_sees_another_folder(se
     node = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_until(lambda: len(set(alive()) - before) == 1, 120, "the node in its own mount namespace", log, node)
+        wait_for(lambda: len(set(alive()) - before) == 1, 120, "the node in its own mount namespace", proc=node, log=log)
         (odd,) = set(alive()) - before
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         assert sweep(grid, storage, cluster) == 2
@@ -428,7 +399,7 @@ def test_preflight_refuses_sqlite_and_names_the_node_that_sees_another_folder(se
         assert not list((storage / ".dinolab_check").glob("*/driver"))  # the check cleans up after itself
     finally:
         stop_group(node)
-    wait_until(lambda: odd not in alive(), 60, "the node to leave")
+    wait_for(lambda: odd not in alive(), 60, "the node to leave")
 
 
 def test_worker_node_stopped_mid_trial_is_retried_on_the_head_in_the_same_run(server, cluster, tmp_path, monkeypatch):

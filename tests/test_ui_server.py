@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,16 +23,11 @@ import pytest
 from dinolab.config.grid import load_grid
 from dinolab.report.synthetic import log_trial_run
 from dinolab.sweep.store import GRID_TAG_PREFIX, PARENT_TAG, TRIAL_TAG, open_parent_run
+from process_helpers import free_port, stop_group, wait_for
 
 pytestmark = pytest.mark.slow
 
 FP = "ui-test-fingerprint"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(base: str, path: str, body: dict) -> dict:
@@ -60,19 +53,12 @@ def _tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
-def _wait_for(base: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"dinolab ui exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"dinolab ui did not answer /health within {timeout_s} s")
+def _healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
 
 
 def _non_loopback_address() -> str | None:
@@ -106,14 +92,16 @@ def grid_store(store, tmp_path, repo_root):
 
 
 def test_dinolab_ui_serves_the_grid_runs_on_loopback(grid_store, tmp_path):
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("dinolab") or str(Path(sys.executable).with_name("dinolab"))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([exe, "ui", "--port", str(port), "--backend", grid_store["uri"]], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([exe, "ui", "--port", str(port), "--backend", grid_store["uri"]], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(base, proc)
+        wait_for(lambda: _healthy(base), 90, "dinolab ui to answer /health", proc=proc, log=log)
         # The UI itself: the single-page app MLflow's JavaScript builds the run tables in.
         with urllib.request.urlopen(base + "/", timeout=10) as resp:
             assert resp.status == 200 and "<html" in resp.read().decode(errors="replace").lower()
@@ -142,9 +130,4 @@ def test_dinolab_ui_serves_the_grid_runs_on_loopback(grid_store, tmp_path):
             with pytest.raises(OSError):
                 socket.create_connection((other, port), timeout=3).close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
