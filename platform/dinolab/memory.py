@@ -24,13 +24,19 @@ def proc_status_kb(key: str) -> Optional[float]:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where not allowed."""
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0).
+
+    False where the file cannot be written, or where the kernel took the write but left the mark above the
+    current RSS (a sandbox that ignores ``clear_refs``): then ``peak_rss_mb`` stays the lifetime peak.
+    """
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    hwm, rss = proc_status_kb("VmHWM"), proc_status_kb("VmRSS")
+    # Right after a reset the mark equals the RSS; 16 MiB allows for growth between the write and the read.
+    return hwm is not None and rss is not None and hwm <= rss + 16 * 1024
 
 
 def peak_rss_mb() -> float:
