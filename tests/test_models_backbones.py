@@ -100,8 +100,9 @@ def test_input_multiples():
         dict(arch="swin_tiny", num_heads=3),
         dict(arch="swin_tiny", depths=[2, 2], num_heads=[3, 6, 12]),
         dict(arch="swin_tiny", small_stem=True),
-        dict(arch="resnet18", embed_dim=64),
-        dict(arch="resnet18", depths=[2, 2, 2, 2]),
+        dict(arch="resnet18", num_heads=4),
+        dict(arch="resnet18", depths=[2, 2]),
+        dict(arch="resnet18", depths=[2, 2, 0, 2]),
         dict(arch="convnext_atto", small_stem=True),
     ],
 )
@@ -392,3 +393,20 @@ def test_vit_small_is_dino_vit_s16():
         if isinstance(mod, torch.nn.Linear):
             assert 0.019 < mod.weight.std().item() < 0.021
             assert torch.all(mod.bias == 0)
+
+
+@pytest.mark.parametrize("arch, expansion", [("resnet18", 1), ("resnet50", 4)])
+def test_resnet_shrinks_by_width_and_depth(arch, expansion):
+    """model.embed_dim is the first stage's width (doubled per stage), model.depths the blocks per stage."""
+    cfg = ModelConfig(arch=arch, small_stem=True, embed_dim=8, depths=[1, 2, 1, 1])
+    backbone = build_backbone(cfg, 32, 0.0)
+    stages = [backbone.model.layer1, backbone.model.layer2, backbone.model.layer3, backbone.model.layer4]
+    assert [len(stage) for stage in stages] == [1, 2, 1, 1]
+    for i, stage in enumerate(stages):  # every block of stage i outputs 8 * 2**i channels (x4 for bottlenecks)
+        assert {block.conv1.in_channels for block in stage[1:]} <= {8 * 2**i * expansion}
+        last_conv = stage[-1].conv3 if expansion == 4 else stage[-1].conv2
+        assert last_conv.out_channels == 8 * 2**i * expansion
+    assert backbone.model.conv1.out_channels == 64  # the stem keeps its width (timm's plain stem)
+    pooled, tokens = backbone.forward_features(torch.randn(2, 3, 32, 32))
+    assert backbone.embed_dim == 64 * expansion
+    assert pooled.shape == (2, 64 * expansion) and tokens.shape == (2, 4 * 4, 64 * expansion)

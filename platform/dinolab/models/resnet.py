@@ -4,8 +4,12 @@ The pooled feature is global average pooling of the last feature map (B, C); the
 that map flattened, (B, h*w, C). Init follows torchvision's ResNet, which DINO uses: Kaiming
 normal (fan_out) convolutions, BatchNorm 1/0, and no zero-init of the last BN of each block
 (timm zero-inits it by default). ``small_stem`` replaces the 7x7 stride-2 stem and the max-pool
-by one 3x3 stride-1 convolution (the CIFAR variant for 32 px images). As in DINO, ResNets get
-no stochastic depth: ``drop_path_rate`` applies to the transformer families only.
+by one 3x3 stride-1 convolution (the CIFAR variant for 32 px images). ``embed_dim`` shrinks the
+widths (the first stage's width, doubled at each of the four stages, as in ResNet: 64 -> 64/128/256/512)
+and ``depths`` the blocks per stage (resnet18: [2, 2, 2, 2]), for small images on a CPU; the
+pooled feature is then the last stage's width (x4 for resnet50's bottleneck blocks). The stem keeps
+its 64 channels (timm fixes them for the plain stem; at 3x3 they cost little). As in DINO,
+ResNets get no stochastic depth: ``drop_path_rate`` applies to the transformer families only.
 """
 
 from __future__ import annotations
@@ -26,21 +30,39 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ResNetSpec:
-    timm_name: str  # a ResNet alias has no structure to override
+    timm_name: str
+    depths: tuple[int, ...]  # blocks per stage, shown when model.depths is wrong
 
 
-def _check(arch: str, model_cfg: Any) -> None:
+STAGES = 4
+
+
+def _check(arch: str, model_cfg: Any) -> dict[str, Any]:
+    """The timm kwargs that shrink the model (empty for the named model), or ValueError naming the key."""
     reject_overrides(
-        arch, model_cfg, ("window_size", "embed_dim", "depths", "num_heads"),
-        "a ResNet's width and depth are fixed by its name (resnet18, resnet50)",
+        arch, model_cfg, ("window_size", "num_heads"), "a ResNet has convolutions, not attention windows or heads",
     )
+    spec = ResNetBackbone.archs[arch]
+    kwargs: dict[str, Any] = {}
+    depths = getattr(model_cfg, "depths", None)
+    if depths is not None:
+        if len(depths) != STAGES or any(int(d) < 1 for d in depths):
+            raise ValueError(
+                f"model.depths={list(depths)!r}: a ResNet takes {STAGES} positive block counts, one per stage, "
+                f"e.g. {list(spec.depths)} (model.arch={arch})"
+            )
+        kwargs["layers"] = tuple(int(d) for d in depths)
+    width = getattr(model_cfg, "embed_dim", None)
+    if width is not None:
+        kwargs["channels"] = tuple(int(width) * 2**i for i in range(STAGES))  # (w, 2w, 4w, 8w)
+    return kwargs
 
 
 @register_backbone("resnet")
 class ResNetBackbone(Backbone):
     """A timm ResNet behind the backbone contract; ``self.model`` is the timm module."""
 
-    archs = {"resnet18": ResNetSpec("resnet18"), "resnet50": ResNetSpec("resnet50")}
+    archs = {"resnet18": ResNetSpec("resnet18", (2, 2, 2, 2)), "resnet50": ResNetSpec("resnet50", (3, 4, 6, 3))}
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model.num_features)
@@ -53,10 +75,11 @@ class ResNetBackbone(Backbone):
 
     @classmethod
     def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "ResNetBackbone":
-        _check(arch, model_cfg)
+        shrink = _check(arch, model_cfg)
         if drop_path_rate > 0:
             log.debug("%s: drop_path_rate=%g ignored (DINO trains ResNets without stochastic depth)", arch, drop_path_rate)
-        model = timm.create_model(cls.archs[arch].timm_name, pretrained=False, num_classes=0, zero_init_last=False)
+        model = timm.create_model(cls.archs[arch].timm_name, pretrained=False, num_classes=0, zero_init_last=False,
+                                  **shrink)
         if getattr(model_cfg, "small_stem", False):
             width = model.conv1.out_channels
             model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
