@@ -133,6 +133,8 @@ def test_wrong_type_names_the_key_and_value(tmp_path):
         ("dino.momentum=1.5", "dino.momentum", "less than or equal to 1"),
         ("model.drop_path_rate=1.0", "model.drop_path_rate", "less than 1"),
         ("crops.global_scale=[0.6, 0.3]", "crops.global_scale", "0 < low <= high <= 1"),
+        ("data.synthetic_object_area=[0.2, 0.9]", "data.synthetic_object_area", "0 < low <= high < 0.6"),
+        ("data.synthetic_objects=[3, 2]", "data.synthetic_objects", "1 <= min <= max <= 8"),
     ],
 )
 def test_out_of_range_names_the_key(tmp_path, override, key, words):

@@ -208,3 +208,31 @@ def test_colour_and_size_do_not_carry_the_class_but_shape_does(six_class):
     planted = mean_colour(tr_img) + 100.0 * tr_y[:, None]
     planted_te = mean_colour(te_img) + 100.0 * te_y[:, None]
     assert knn_accuracy(planted, tr_y, planted_te, te_y) > 0.6
+
+
+def test_several_objects_of_the_class_shape_each_drawn_where_described():
+    """objects=(2, 3): every image holds 2-3 disks (class 0), each with its own colour and place; the mask is
+    their union, checked against an independent rasterisation of the described circles."""
+    ds = SyntheticShapes(24, S, 2, seed=4, split="train", palette="vivid", objects=(2, 3), area_range=(0.03, 0.06))
+    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    counts = set()
+    for i in range(0, len(ds), 2):  # the disks (label 0)
+        p = ds.describe(i)
+        assert p["shape"] == "disk" and p["centre"] == p["objects"][0]["centre"]
+        objects = p["objects"]
+        counts.add(len(objects))
+        dist = np.stack([np.hypot(xx - o["centre"][0], yy - o["centre"][1]) - o["radius"] for o in objects])  # (n, S, S)
+        m = ds.mask(i)
+        assert m[dist.min(0) < -0.75].all() and not m[dist.min(0) > 0.75].any(), i
+        colours = np.array([o["colour"] for o in objects])
+        assert min(np.linalg.norm(a - b) for k, a in enumerate(colours) for b in colours[k + 1:]) > 0.0
+    assert counts == {2, 3}
+
+
+def test_one_object_draws_the_images_of_the_default():
+    a = SyntheticShapes(12, S, 4, seed=5, split="test")
+    b = SyntheticShapes(12, S, 4, seed=5, split="test", objects=(1, 1))
+    for i in range(12):
+        assert np.array_equal(np.asarray(a[i][0]), np.asarray(b[i][0])) and len(b.describe(i)["objects"]) == 1
+    with pytest.raises(ValueError, match="objects"):
+        SyntheticShapes(10, S, 2, seed=0, split="train", objects=(3, 2))

@@ -157,9 +157,24 @@ class DataConfig(Section):
         description="Synthetic: the object's rotation ~ U(-x, x) degrees; 180 = any angle. DINO's augmentations teach no "
         "rotation invariance, so a smaller range keeps shape classes learnable by it.",
     )
+    synthetic_objects: tuple[int, int] = Field(
+        (1, 1), description="Synthetic: (min, max) objects per image, all of the class's shape, each with its own colour, "
+        "size, rotation and place; two crops then share the shape and little else.",
+    )
     synthetic_object_area: Scale = Field(
         (0.06, 0.16), description="Synthetic: the object's area as a fraction of the image, drawn uniformly (the same for every class)."
     )
+
+    @model_validator(mode="after")
+    def _synthetic_ranges(self) -> "DataConfig":
+        # The generator's own limits, checked here so a wrong value stops before any trial starts.
+        lo, hi = self.synthetic_object_area
+        if not 0.0 < lo <= hi < 0.6:
+            raise ValueError(f"data.synthetic_object_area must satisfy 0 < low <= high < 0.6, got ({lo}, {hi})")
+        lo, hi = self.synthetic_objects
+        if not 1 <= lo <= hi <= 8:
+            raise ValueError(f"data.synthetic_objects must be (min, max) with 1 <= min <= max <= 8, got ({lo}, {hi})")
+        return self
 
 
 class EvalConfig(Section):

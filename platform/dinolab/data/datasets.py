@@ -164,7 +164,8 @@ def build_dataset(data_cfg: DataConfig, split: str, transform: Optional[Callable
                                       split, transform=transform, palette=data_cfg.synthetic_palette,
                                       area_range=tuple(data_cfg.synthetic_object_area),
                                       backgrounds=tuple(data_cfg.synthetic_backgrounds),
-                                      max_rotation=data_cfg.synthetic_max_rotation)
+                                      max_rotation=data_cfg.synthetic_max_rotation,
+                                      objects=tuple(data_cfg.synthetic_objects))
     elif name == "imagefolder":
         train_dir, test_dir, classes = _imagefolder_layout(data_cfg)
         ds = ClassFolder(train_dir if split == "train" else test_dir, classes, transform=transform)
@@ -325,7 +326,8 @@ def data_fingerprint(data_cfg: DataConfig) -> str:
                       "test": data_cfg.synthetic_test, "size": data_cfg.synthetic_size,
                       "classes": data_cfg.synthetic_classes, "seed": data_cfg.synthetic_seed,
                       "palette": data_cfg.synthetic_palette, "area": list(data_cfg.synthetic_object_area),
-                      "backgrounds": list(data_cfg.synthetic_backgrounds), "max_rotation": data_cfg.synthetic_max_rotation})
+                      "backgrounds": list(data_cfg.synthetic_backgrounds), "max_rotation": data_cfg.synthetic_max_rotation,
+                      **({} if tuple(data_cfg.synthetic_objects) == (1, 1) else {"objects": list(data_cfg.synthetic_objects)})})
     if name == "imagefolder":
         train, test, classes = _imagefolder_layout(data_cfg)
         files = []

@@ -8,6 +8,11 @@ gradient, stripes, checkers or smooth blobs, in random colours). So neither mean
 object size reveals the class; a network must learn shape to separate the classes, which is
 what self-supervised training is meant to teach.
 
+With ``objects=(m, n)`` an image holds m..n objects, all of its class's shape, each with its own
+colour, area, rotation, mirroring and position (placed so their bounding circles do not overlap
+where that fits). Two crops of such an image then show different objects that share only their
+shape, so shape is the cue that two views have in common, which is what DINO's views teach.
+
 The object is drawn at ``SUPERSAMPLE`` times the output resolution and box-averaged down, which
 anti-aliases its edges; its mask is the set of output pixels at least half covered by it. Background
 patterns are band-limited (soft-edged), so they are drawn at the output resolution. The object's colour
@@ -37,6 +42,7 @@ AREA_RANGE = (0.06, 0.16)
 MIN_CONTRAST = 0.4
 PIXEL_NOISE = 0.02
 BACKGROUNDS = ("flat", "gradient", "stripes", "checkers", "blobs")
+MAX_OBJECTS = 8
 
 # A shape is a list of drawing ops in unit coordinates (bounding radius <= 1 around the origin):
 # ("poly", [(x, y), ...], fill) or ("disk", cx, cy, r, fill); fill 1 draws, fill 0 erases.
@@ -164,8 +170,8 @@ def _background_weights(kind: str, side: int, rng: np.random.Generator) -> np.nd
 PALETTES = ("vivid", "muted")
 
 
-def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Near-grey background colours and an object lighter or darker than them.
+def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Near-grey background colours, an object lighter or darker than them, and the grey they were drawn around.
 
     With few distinct colours across the data set, colour is a weak cue for telling images apart,
     so a self-supervised network that must match two views of one image has to use shape and
@@ -174,70 +180,114 @@ def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np
     base = rng.uniform(0.3, 0.7)
     bg_a = np.clip(base + rng.normal(0.0, 0.05, 3), 0, 1)
     bg_b = np.clip(base + rng.uniform(-0.12, 0.12) + rng.normal(0.0, 0.05, 3), 0, 1)
+    return bg_a, bg_b, _muted_object_colour(rng, base), base
+
+
+def _muted_object_colour(rng: np.random.Generator, base: float) -> np.ndarray:
+    """An object colour 0.3-0.4 lighter (dark background) or darker (light background) than grey ``base``."""
     sign = -1.0 if base > 0.5 else 1.0
-    colour = np.clip(base + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
-    return bg_a, bg_b, colour
+    return np.clip(base + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
+
+
+def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> tuple[np.ndarray, float]:
+    """A random RGB colour at least ``MIN_CONTRAST`` from every blend of the background colours (the
+    farthest of 64 draws where none is), and that distance."""
+    best, best_d = None, -1.0
+    for _ in range(64):
+        colour = rng.random(3)
+        d = _segment_distance(colour, bg_a, bg_b)
+        if d > best_d:
+            best, best_d = colour, d
+        if d >= MIN_CONTRAST:
+            break
+    return best, best_d
+
+
+def _place(rng: np.random.Generator, image_size: int, radius: float, placed: list[tuple[float, float, float]],
+           tries: int) -> tuple[float, float]:
+    """A centre (px) keeping the bounding circle of ``radius`` inside the image and, within ``tries`` draws,
+    off the circles already ``placed`` (cx, cy, r); the last draw where none fits. One draw when nothing is placed."""
+    margin = radius + 0.5
+    if margin >= image_size / 2:
+        return image_size / 2, image_size / 2
+    for _ in range(max(tries, 1)):
+        cx, cy = rng.uniform(margin, image_size - margin, size=2)
+        if all(math.hypot(cx - px, cy - py) >= radius + pr for px, py, pr in placed):
+            break
+    return float(cx), float(cy)
 
 
 def render(label: int, image_size: int, rng: np.random.Generator, palette: str = "vivid",
            area_range: tuple[float, float] = AREA_RANGE,
            backgrounds: tuple[str, ...] = BACKGROUNDS,
-           max_rotation: float = 180.0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+           max_rotation: float = 180.0, objects: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one image of class ``label``.
 
     palette: "vivid" (random RGB colours everywhere) or "muted" (near-grey, see ``_muted_colours``);
     either way the colours are drawn independently of the class.
     backgrounds: the background kinds drawn from, uniformly (a subset of ``BACKGROUNDS``).
-    max_rotation: the object's rotation is drawn from U(-max_rotation, max_rotation) degrees (180: any angle).
-    Returns (image (S, S, 3) uint8, mask (S, S) bool, params dict). All random draws come from ``rng``.
+    max_rotation: each object's rotation is drawn from U(-max_rotation, max_rotation) degrees (180: any angle).
+    objects: (min, max) objects of the class's shape, the count drawn uniformly; (1, 1) draws the
+    same images as before the option existed (the count is not drawn then).
+    Returns (image (S, S, 3) uint8, mask (S, S) bool: the union of the objects, params dict: the first
+    object's parameters at the top level, every object's under "objects"). All draws come from ``rng``.
     """
     if palette not in PALETTES:
         raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
     name = CLASS_NAMES[label]
     big = image_size * SUPERSAMPLE
-    # Object geometry: area fraction -> radius in px; the bounding circle stays inside the image.
-    area = rng.uniform(*area_range)
-    radius = image_size * math.sqrt(area / unit_area(name))
-    radius = min(radius, 0.49 * image_size)
-    margin = radius + 0.5
-    cx, cy = rng.uniform(margin, image_size - margin, size=2) if margin < image_size / 2 else (image_size / 2,) * 2
-    # One draw either way, so the images of the default (any angle) do not depend on this option's existence.
-    angle = rng.uniform(0, 2 * math.pi) if max_rotation >= 180.0 else math.radians(rng.uniform(-max_rotation, max_rotation))
-    mirror = bool(rng.random() < 0.5)
-    # Colours: the object's is far from every blend of the two background colours.
+    count = 1 if objects[1] <= 1 else int(rng.integers(objects[0], objects[1] + 1))
+    # Geometry per object: area fraction -> radius in px; the bounding circle stays inside the image.
+    shapes: list[dict[str, Any]] = []
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(count):
+        area = rng.uniform(*area_range)
+        radius = min(image_size * math.sqrt(area / unit_area(name)), 0.49 * image_size)
+        cx, cy = _place(rng, image_size, radius, placed, tries=20)
+        placed.append((cx, cy, radius))
+        # One draw either way, so the images of the default (any angle) do not depend on this option's existence.
+        angle = rng.uniform(0, 2 * math.pi) if max_rotation >= 180.0 else math.radians(rng.uniform(-max_rotation, max_rotation))
+        mirror = bool(rng.random() < 0.5)
+        shapes.append(dict(centre=(cx, cy), radius=float(radius), angle=float(angle), mirror=mirror, area_fraction=float(area)))
+    # Colours: each object's is far from every blend of the two background colours.
     kind = backgrounds[int(rng.integers(len(backgrounds)))]
     if palette == "muted":
-        bg_a, bg_b, colour = _muted_colours(rng)
+        bg_a, bg_b, first, base = _muted_colours(rng)
         if kind == "flat":
             bg_b = bg_a
-        best_d = _segment_distance(colour, bg_a, bg_b)
     else:
         bg_a, bg_b = rng.random(3), rng.random(3)
         if kind == "flat":
             bg_b = bg_a
-        best, best_d = None, -1.0
-        for _ in range(64):
-            colour = rng.random(3)
-            d = _segment_distance(colour, bg_a, bg_b)
-            if d > best_d:
-                best, best_d = colour, d
-            if d >= MIN_CONTRAST:
-                break
-        colour = best
-    # The object is drawn supersampled and box-averaged: coverage (S, S) in [0, 1] anti-aliases edges and gives the mask.
+        first, _ = _vivid_object_colour(rng, bg_a, bg_b)
+    for k, shape in enumerate(shapes):
+        if k == 0:
+            colour = first
+        elif palette == "muted":
+            colour = _muted_object_colour(rng, base)
+        else:
+            colour, _ = _vivid_object_colour(rng, bg_a, bg_b)
+        shape["colour"] = tuple(float(c) for c in colour)
+        shape["contrast"] = _segment_distance(np.asarray(colour), bg_a, bg_b)
+    # Objects are drawn supersampled and box-averaged: coverage (S, S) in [0, 1] anti-aliases edges and gives the mask.
     t = _background_weights(kind, image_size, rng)[..., None]  # (S, S, 1)
-    obj = _draw_mask(SHAPES[name], big, (cx * SUPERSAMPLE, cy * SUPERSAMPLE), radius * SUPERSAMPLE, angle, mirror)
-    coverage = np.asarray(obj.resize((image_size, image_size), Image.BOX), dtype=np.float64) / 255.0
-    cov = coverage[..., None]
-    image = ((1 - t) * bg_a + t * bg_b) * (1 - cov) + colour * cov
+    image = (1 - t) * bg_a + t * bg_b  # (S, S, 3)
+    mask = np.zeros((image_size, image_size), dtype=bool)
+    for shape in shapes:
+        cx, cy = shape["centre"]
+        obj = _draw_mask(SHAPES[name], big, (cx * SUPERSAMPLE, cy * SUPERSAMPLE), shape["radius"] * SUPERSAMPLE,
+                         shape["angle"], shape["mirror"])
+        coverage = np.asarray(obj.resize((image_size, image_size), Image.BOX), dtype=np.float64) / 255.0
+        cov = coverage[..., None]
+        image = image * (1 - cov) + np.asarray(shape["colour"]) * cov
+        mask |= coverage >= 0.5
     image = image + rng.normal(0.0, PIXEL_NOISE, size=image.shape)
     image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
     params = dict(
-        label=label, shape=name, centre=(float(cx), float(cy)), radius=float(radius), angle=float(angle), mirror=mirror,
-        area_fraction=float(area), colour=tuple(float(c) for c in colour), background=kind,
-        background_colours=(tuple(float(c) for c in bg_a), tuple(float(c) for c in bg_b)), contrast=float(best_d),
+        label=label, shape=name, **shapes[0], background=kind,
+        background_colours=(tuple(float(c) for c in bg_a), tuple(float(c) for c in bg_b)), objects=shapes,
     )
-    return image, coverage >= 0.5, params
+    return image, mask, params
 
 
 class SyntheticShapes(Dataset):
@@ -255,7 +305,7 @@ class SyntheticShapes(Dataset):
     def __init__(self, num_images: int, image_size: int, num_classes: int, seed: int, split: str,
                  transform: Optional[Callable] = None, palette: str = "vivid",
                  area_range: tuple[float, float] = AREA_RANGE, backgrounds: tuple[str, ...] = BACKGROUNDS,
-                 max_rotation: float = 180.0) -> None:
+                 max_rotation: float = 180.0, objects: tuple[int, int] = (1, 1)) -> None:
         if palette not in PALETTES:
             raise ValueError(f"palette must be one of {PALETTES}, got {palette!r}")
         unknown = [b for b in backgrounds if b not in BACKGROUNDS]
@@ -265,6 +315,9 @@ class SyntheticShapes(Dataset):
         if not 0.0 <= max_rotation <= 180.0:
             raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation}")
         self.max_rotation = float(max_rotation)
+        if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= MAX_OBJECTS:
+            raise ValueError(f"objects must be (min, max) with 1 <= min <= max <= {MAX_OBJECTS}, got {tuple(objects)}")
+        self.objects = (int(objects[0]), int(objects[1]))
         if not 0 < area_range[0] <= area_range[1] < 0.6:
             raise ValueError(f"area_range must satisfy 0 < low <= high < 0.6, got {area_range}")
         self.palette, self.area_range = palette, (float(area_range[0]), float(area_range[1]))
@@ -293,7 +346,7 @@ class SyntheticShapes(Dataset):
         if self._params[i] is None:
             rng = np.random.default_rng([self.seed, SPLITS[self.split], i])
             self._images[i], self._masks[i], self._params[i] = render(self.targets[i], self.image_size, rng, self.palette, self.area_range,
-                                                                         self.backgrounds, self.max_rotation)
+                                                                         self.backgrounds, self.max_rotation, self.objects)
         return i
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
