@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients, param_groups
+from dinolab.train.optim import build_optimizer, cancel_last_layer_gradients, clip_gradients, param_groups
 
 
 class _Head(nn.Module):
@@ -98,3 +98,31 @@ def test_cancel_last_layer_only_during_freeze_epochs():
     torch.optim.AdamW(groups, lr=0.1).step()
     assert torch.equal(model.head.last_layer.weight_v, frozen_before)
     assert not torch.equal(model.head.mlp.weight, trained_before)
+
+
+def test_the_fused_adamw_makes_the_reference_update():
+    """build_optimizer's AdamW (fused kernel) against AdamW's update written out: decoupled decay, bias-corrected moments."""
+    torch.manual_seed(0)
+    w, b = torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    opt = build_optimizer("adamw", [{"params": [w]}, {"params": [b], "weight_decay": 0.0}])
+    for group, wd in zip(opt.param_groups, (0.04, 0.0)):
+        group["lr"], group["weight_decay"] = 0.01, wd
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    m = {id(w): torch.zeros_like(w0), id(b): torch.zeros_like(b0)}
+    v = {id(w): torch.zeros_like(w0), id(b): torch.zeros_like(b0)}
+    expected = {id(w): w0.clone(), id(b): b0.clone()}
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    for t in range(1, 4):
+        grads = {id(w): torch.randn(5, 3), id(b): torch.randn(3)}
+        w.grad, b.grad = grads[id(w)].clone(), grads[id(b)].clone()
+        opt.step()
+        for p, wd in ((w, 0.04), (b, 0.0)):
+            k, g = id(p), grads[id(p)]
+            expected[k] = expected[k] * (1 - 0.01 * wd)
+            m[k] = beta1 * m[k] + (1 - beta1) * g
+            v[k] = beta2 * v[k] + (1 - beta2) * g * g
+            m_hat, v_hat = m[k] / (1 - beta1**t), v[k] / (1 - beta2**t)
+            expected[k] = expected[k] - 0.01 * m_hat / (v_hat.sqrt() + eps)
+    assert torch.allclose(w.detach(), expected[id(w)], atol=1e-6) and torch.allclose(b.detach(), expected[id(b)], atol=1e-6)
+    with pytest.raises(ValueError, match="train.optimizer"):
+        build_optimizer("lamb", [{"params": [w]}])

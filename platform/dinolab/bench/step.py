@@ -194,7 +194,7 @@ class TrainingStep:
 
     def __init__(self, cfg: ExperimentConfig, device: torch.device, seed: int = 0) -> None:
         from dinolab.train.loop import autocast_dtype, build_criterion, build_networks, seed_everything
-        from dinolab.train.optim import param_groups
+        from dinolab.train.optim import build_optimizer, param_groups
         from dinolab.train.step import StepParts
         from dinolab.train.teacher import TeacherPolicy
 
@@ -206,7 +206,7 @@ class TrainingStep:
         self.student, self.teacher = student.to(device), teacher.to(device)
         self.criterion = build_criterion(cfg, self.n_crops).to(device)
         groups = param_groups(self.student)
-        self.optimizer = torch.optim.AdamW(groups) if cfg.train.optimizer == "adamw" else torch.optim.SGD(groups, lr=0, momentum=0.9)
+        self.optimizer = build_optimizer(cfg.train.optimizer, groups)
         for i, group in enumerate(self.optimizer.param_groups):  # the schedules' first values
             group["lr"] = cfg.train.lr * cfg.train.batch_size / 256.0
             if i == 0:

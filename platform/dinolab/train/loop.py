@@ -230,7 +230,7 @@ def train(
     ``workdir`` holds the checkpoints; with ``resume`` the latest one is continued, and only the
     epochs after it are logged. ``should_stop`` is polled every step (a sweep's cancel marker).
     """
-    from dinolab.train.optim import param_groups
+    from dinolab.train.optim import build_optimizer, param_groups
     from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
 
     workdir = Path(workdir)
@@ -270,11 +270,7 @@ def train(
         region_criterion = RegionLoss(cfg.dino.out_dim, student_temp=cfg.dino.student_temp, center_momentum=cfg.dino.center_momentum).to(device)
 
     # --- optimizer: weight decay on weights only (not biases / norms), values set every step.
-    groups = param_groups(unwrap(student))
-    if cfg.train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=0, momentum=0.9)
+    optimizer = build_optimizer(cfg.train.optimizer, param_groups(unwrap(student)))
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     parts = StepParts(cfg, student, teacher, criterion, region_criterion, optimizer, scaler, policy, amp_dtype, n_crops)
