@@ -24,7 +24,6 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
 
 
-@torch.no_grad()
 def build_optimizer(kind: str, groups: list[dict]) -> torch.optim.Optimizer:
     """AdamW (DINO's) or SGD with momentum 0.9 over ``groups``; lr and weight decay are set by the loop every step.
 
@@ -39,6 +38,7 @@ def build_optimizer(kind: str, groups: list[dict]) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer must be adamw or sgd, got {kind!r}")
 
 
+@torch.no_grad()
 def clip_gradients(model: nn.Module, clip: float) -> list[float]:
     """Clip each parameter's gradient to L2 norm ``clip`` on its own (not a global norm, as DINO).
 
