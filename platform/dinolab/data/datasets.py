@@ -322,6 +322,7 @@ def data_fingerprint(data_cfg: DataConfig) -> str:
     """
     name = data_cfg.name
     if name == "synthetic":
+        # "objects" enters only when set, so the default's fingerprint (and every trial id over it) is unchanged.
         return _hash({"name": name, "generator": GENERATOR_VERSION, "train": data_cfg.synthetic_train,
                       "test": data_cfg.synthetic_test, "size": data_cfg.synthetic_size,
                       "classes": data_cfg.synthetic_classes, "seed": data_cfg.synthetic_seed,

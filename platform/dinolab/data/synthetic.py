@@ -189,9 +189,9 @@ def _muted_object_colour(rng: np.random.Generator, base: float) -> np.ndarray:
     return np.clip(base + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
 
 
-def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> tuple[np.ndarray, float]:
+def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
     """A random RGB colour at least ``MIN_CONTRAST`` from every blend of the background colours (the
-    farthest of 64 draws where none is), and that distance."""
+    farthest of 64 draws where none is)."""
     best, best_d = None, -1.0
     for _ in range(64):
         colour = rng.random(3)
@@ -200,7 +200,7 @@ def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.nd
             best, best_d = colour, d
         if d >= MIN_CONTRAST:
             break
-    return best, best_d
+    return best
 
 
 def _place(rng: np.random.Generator, image_size: int, radius: float, placed: list[tuple[float, float, float]],
@@ -259,14 +259,14 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
         bg_a, bg_b = rng.random(3), rng.random(3)
         if kind == "flat":
             bg_b = bg_a
-        first, _ = _vivid_object_colour(rng, bg_a, bg_b)
+        first = _vivid_object_colour(rng, bg_a, bg_b)
     for k, shape in enumerate(shapes):
         if k == 0:
             colour = first
         elif palette == "muted":
             colour = _muted_object_colour(rng, base)
         else:
-            colour, _ = _vivid_object_colour(rng, bg_a, bg_b)
+            colour = _vivid_object_colour(rng, bg_a, bg_b)
         shape["colour"] = tuple(float(c) for c in colour)
         shape["contrast"] = _segment_distance(np.asarray(colour), bg_a, bg_b)
     # Objects are drawn supersampled and box-averaged: coverage (S, S) in [0, 1] anti-aliases edges and gives the mask.
