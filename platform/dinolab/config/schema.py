@@ -18,6 +18,10 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RUNTIME = {"runtime": True}
+# The synthetic generator's limits (dinolab.data.synthetic imports them, so both check the same bounds):
+# objects per image, and the object's area fraction (strict upper bound: larger objects no longer fit).
+SYNTHETIC_MAX_OBJECTS = 8
+SYNTHETIC_MAX_OBJECT_AREA = 0.6
 
 
 def runtime(default: Any, description: str, **kw) -> Any:
@@ -169,11 +173,11 @@ class DataConfig(Section):
     def _synthetic_ranges(self) -> "DataConfig":
         # The generator's own limits, checked here so a wrong value stops before any trial starts.
         lo, hi = self.synthetic_object_area
-        if not 0.0 < lo <= hi < 0.6:
-            raise ValueError(f"data.synthetic_object_area must satisfy 0 < low <= high < 0.6, got ({lo}, {hi})")
+        if not 0.0 < lo <= hi < SYNTHETIC_MAX_OBJECT_AREA:
+            raise ValueError(f"data.synthetic_object_area must satisfy 0 < low <= high < {SYNTHETIC_MAX_OBJECT_AREA}, got ({lo}, {hi})")
         lo, hi = self.synthetic_objects
-        if not 1 <= lo <= hi <= 8:
-            raise ValueError(f"data.synthetic_objects must be (min, max) with 1 <= min <= max <= 8, got ({lo}, {hi})")
+        if not 1 <= lo <= hi <= SYNTHETIC_MAX_OBJECTS:
+            raise ValueError(f"data.synthetic_objects must be (min, max) with 1 <= min <= max <= {SYNTHETIC_MAX_OBJECTS}, got ({lo}, {hi})")
         return self
 
 

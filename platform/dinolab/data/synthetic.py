@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from dinolab.config.schema import SYNTHETIC_MAX_OBJECT_AREA, SYNTHETIC_MAX_OBJECTS
+
 # Bump when the rendering changes: it is part of the data fingerprint.
 GENERATOR_VERSION = 1
 SUPERSAMPLE = 4
@@ -42,7 +44,7 @@ AREA_RANGE = (0.06, 0.16)
 MIN_CONTRAST = 0.4
 PIXEL_NOISE = 0.02
 BACKGROUNDS = ("flat", "gradient", "stripes", "checkers", "blobs")
-MAX_OBJECTS = 8
+MAX_OBJECTS = SYNTHETIC_MAX_OBJECTS
 
 # A shape is a list of drawing ops in unit coordinates (bounding radius <= 1 around the origin):
 # ("poly", [(x, y), ...], fill) or ("disk", cx, cy, r, fill); fill 1 draws, fill 0 erases.
@@ -318,8 +320,8 @@ class SyntheticShapes(Dataset):
         if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= MAX_OBJECTS:
             raise ValueError(f"objects must be (min, max) with 1 <= min <= max <= {MAX_OBJECTS}, got {tuple(objects)}")
         self.objects = (int(objects[0]), int(objects[1]))
-        if not 0 < area_range[0] <= area_range[1] < 0.6:
-            raise ValueError(f"area_range must satisfy 0 < low <= high < 0.6, got {area_range}")
+        if not 0 < area_range[0] <= area_range[1] < SYNTHETIC_MAX_OBJECT_AREA:
+            raise ValueError(f"area_range must satisfy 0 < low <= high < {SYNTHETIC_MAX_OBJECT_AREA}, got {area_range}")
         self.palette, self.area_range = palette, (float(area_range[0]), float(area_range[1]))
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
