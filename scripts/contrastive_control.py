@@ -8,6 +8,11 @@ the other images of the batch as negatives), no teacher, AdamW at a constant lr.
 DINO does not, DINO's dynamics are the obstacle; if this does not learn either, the data (what two
 views share) or the network is.
 
+Two switches bisect towards the platform's InfoNCE row (``dino.loss=infonce``):
+``--teacher-momentum m`` takes the keys from an EMA copy of the network (constant momentum m, as
+MoCo v3; k-NN then reads the student), and ``--embedding logits`` reads the head's full ``out_dim``
+output (after its weight-normalised last layer) instead of its l2 bottleneck.
+
 Usage (prints k-NN top-1 at random init and after every epoch, the mean loss every 25 steps):
     python scripts/contrastive_control.py experiments/demo.yaml --epochs 15 --threads 2 \
         --set data.synthetic_backgrounds=[flat] --set data.synthetic_objects=[3,4]
@@ -30,6 +35,13 @@ def simclr_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.T
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
+def embed(network, crops: list, embedding: str) -> torch.Tensor:
+    """(2B, D) l2-normalised embeddings of the two global views: the head's bottleneck MLP or its full output."""
+    pooled, _ = network.backbone.forward_features(torch.cat(crops[:2]))  # (2B, backbone dim)
+    z = network.head.mlp(pooled) if embedding == "bottleneck" else network.head(pooled)
+    return F.normalize(z, dim=-1)
+
+
 def main() -> None:
     from dinolab.config import load_experiment
     from dinolab.train.loop import build_eval_sets, build_networks, build_train_loader, evaluate_knn, seed_everything
@@ -41,12 +53,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--teacher-momentum", type=float, default=None, help="keys from an EMA copy (default: none)")
+    parser.add_argument("--embedding", choices=("bottleneck", "logits"), default="bottleneck")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     cfg = load_experiment(args.experiment, args.sets)
     seed_everything(cfg.train.seed)
-    student, _ = build_networks(cfg)
+    student, teacher = build_networks(cfg)  # teacher: a copy of the student without gradients
     eval_sets = build_eval_sets(cfg)
     classes = len(eval_sets[0].dataset.classes)
     print(f"epoch -1 (random init) knn_top1 {evaluate_knn(student.backbone, eval_sets, cfg, 'cpu', classes)[0]:.2f}", flush=True)
@@ -59,12 +73,24 @@ def main() -> None:
         for crops, _ in loader:
             if finish_views is not None:
                 crops = finish_views(crops)
-            pooled, _ = student.backbone.forward_features(torch.cat(crops[:2]))  # (2B, D): the two global views
-            z = F.normalize(student.head.mlp(pooled), dim=-1)  # (2B, bottleneck)
-            loss = simclr_loss(*z.chunk(2), args.temperature)
+            q = embed(student, crops, args.embedding)  # (2B, D)
+            if args.teacher_momentum is None:
+                loss = simclr_loss(*q.chunk(2), args.temperature)
+            else:  # MoCo v3: each view's query against the other view's key from the EMA network
+                with torch.no_grad():
+                    k = embed(teacher, crops, args.embedding)
+                q0, q1 = q.chunk(2)
+                k0, k1 = k.chunk(2)
+                labels = torch.arange(q0.shape[0])
+                loss = 0.5 * (F.cross_entropy(q0 @ k1.T / args.temperature, labels)
+                              + F.cross_entropy(q1 @ k0.T / args.temperature, labels))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if args.teacher_momentum is not None:
+                with torch.no_grad():
+                    for ps, pt in zip(student.parameters(), teacher.parameters()):
+                        pt.mul_(args.teacher_momentum).add_(ps.detach(), alpha=1 - args.teacher_momentum)
             step += 1
             losses.append(loss.item())
             if step % 25 == 0:
