@@ -43,8 +43,9 @@ def embed(network, crops: list, embedding: str) -> torch.Tensor:
 
 
 def main() -> None:
-    from dinolab.config import load_experiment
+    from dinolab.config import ConfigError, load_experiment
     from dinolab.train.loop import build_eval_sets, build_networks, build_train_loader, evaluate_knn, seed_everything
+    from dinolab.train.teacher import TeacherPolicy
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("experiment")
@@ -56,16 +57,24 @@ def main() -> None:
     parser.add_argument("--teacher-momentum", type=float, default=None, help="keys from an EMA copy (default: none)")
     parser.add_argument("--embedding", choices=("bottleneck", "logits"), default="bottleneck")
     args = parser.parse_args()
+    if args.epochs < 1 or args.threads < 1 or args.lr <= 0 or args.temperature <= 0:
+        parser.error("--epochs and --threads must be >= 1, --lr and --temperature > 0")
+    if args.teacher_momentum is not None and not 0.0 <= args.teacher_momentum < 1.0:
+        parser.error(f"--teacher-momentum must be in [0, 1), got {args.teacher_momentum}")
 
     torch.set_num_threads(args.threads)
-    cfg = load_experiment(args.experiment, args.sets)
+    try:
+        cfg = load_experiment(args.experiment, args.sets)
+    except ConfigError as e:
+        parser.exit(2, f"contrastive_control: error: {e}\n")
     seed_everything(cfg.train.seed)
     student, teacher = build_networks(cfg)  # teacher: a copy of the student without gradients
     eval_sets = build_eval_sets(cfg)
     classes = len(eval_sets[0].dataset.classes)
     print(f"epoch -1 (random init) knn_top1 {evaluate_knn(student.backbone, eval_sets, cfg, 'cpu', classes)[0]:.2f}", flush=True)
-    dataset, loader, finish_views = build_train_loader(cfg, cfg.train.batch_size, cfg.train.seed)
+    _, loader, finish_views = build_train_loader(cfg, cfg.train.batch_size, cfg.train.seed)
 
+    ema = TeacherPolicy("ema")
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=cfg.train.weight_decay)
     step, losses, start = 0, [], time.time()
     for epoch in range(args.epochs):
@@ -87,10 +96,8 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if args.teacher_momentum is not None:
-                with torch.no_grad():
-                    for ps, pt in zip(student.parameters(), teacher.parameters()):
-                        pt.mul_(args.teacher_momentum).add_(ps.detach(), alpha=1 - args.teacher_momentum)
+            if args.teacher_momentum is not None:  # the platform's EMA update (parameters matched by name)
+                ema.after_step(student, teacher, args.teacher_momentum)
             step += 1
             losses.append(loss.item())
             if step % 25 == 0:
