@@ -44,7 +44,6 @@ AREA_RANGE = (0.06, 0.16)
 MIN_CONTRAST = 0.4
 PIXEL_NOISE = 0.02
 BACKGROUNDS = ("flat", "gradient", "stripes", "checkers", "blobs")
-MAX_OBJECTS = SYNTHETIC_MAX_OBJECTS
 
 # A shape is a list of drawing ops in unit coordinates (bounding radius <= 1 around the origin):
 # ("poly", [(x, y), ...], fill) or ("disk", cx, cy, r, fill); fill 1 draws, fill 0 erases.
@@ -317,8 +316,8 @@ class SyntheticShapes(Dataset):
         if not 0.0 <= max_rotation <= 180.0:
             raise ValueError(f"max_rotation must be in [0, 180] degrees, got {max_rotation}")
         self.max_rotation = float(max_rotation)
-        if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= MAX_OBJECTS:
-            raise ValueError(f"objects must be (min, max) with 1 <= min <= max <= {MAX_OBJECTS}, got {tuple(objects)}")
+        if len(objects) != 2 or not 1 <= objects[0] <= objects[1] <= SYNTHETIC_MAX_OBJECTS:
+            raise ValueError(f"objects must be (min, max) with 1 <= min <= max <= {SYNTHETIC_MAX_OBJECTS}, got {tuple(objects)}")
         self.objects = (int(objects[0]), int(objects[1]))
         if not 0 < area_range[0] <= area_range[1] < SYNTHETIC_MAX_OBJECT_AREA:
             raise ValueError(f"area_range must satisfy 0 < low <= high < {SYNTHETIC_MAX_OBJECT_AREA}, got {area_range}")
