@@ -28,11 +28,15 @@ import torch
 import torch.nn.functional as F
 
 
+def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
+    """q, k (B, D) l2-normalised; row i of q matches row i of k, the other rows of k are its negatives."""
+    logits = q @ k.T / temperature  # (B, B): positives on the diagonal
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
 def simclr_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE: a, b (B, D) l2-normalised embeddings of two views; row i of a matches row i of b."""
-    logits = a @ b.T / temperature  # (B, B): positives on the diagonal
-    labels = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return 0.5 * (info_nce(a, b, temperature) + info_nce(b, a, temperature))
 
 
 def embed(network, crops: list, embedding: str) -> torch.Tensor:
@@ -90,9 +94,7 @@ def main() -> None:
                     k = embed(teacher, crops, args.embedding)
                 q0, q1 = q.chunk(2)
                 k0, k1 = k.chunk(2)
-                labels = torch.arange(q0.shape[0])
-                loss = 0.5 * (F.cross_entropy(q0 @ k1.T / args.temperature, labels)
-                              + F.cross_entropy(q1 @ k0.T / args.temperature, labels))
+                loss = 0.5 * (info_nce(q0, k1, args.temperature) + info_nce(q1, k0, args.temperature))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -64,7 +64,7 @@ def measure_at_init(cfg, parts_off: list[str], batches: int) -> dict:
     _, teacher = build_networks(cfg)
     dataset, loader, finish = build_train_loader(cfg, min(cfg.train.batch_size, 64), cfg.train.seed)
     if finish is None:
-        raise SystemExit("view_agreement.py: needs data.augment=fast (the batched photometric stage)")
+        raise ValueError(f"data.augment={cfg.data.augment!r}: this diagnostic needs 'fast' (the batched photometric stage)")
     switch_off(finish, parts_off)
     num_classes = len(dataset.classes)
     # k-NN first, as the loop measures it: before any forward pass has touched BatchNorm's running statistics.
@@ -93,6 +93,7 @@ def trace(cfg, parts_off: list[str]) -> None:
     """Trains ``cfg`` with the platform's loop, printing per-step spreads, view agreement and entropy."""
     import dinolab.data.fast_multicrop as fast
     import dinolab.train.step as step_module
+    from dinolab.losses.diagnostics import teacher_entropy
     from dinolab.track.reporter import MemoryReporter
     from dinolab.train.loop import train
 
@@ -116,8 +117,7 @@ def trace(cfg, parts_off: list[str]) -> None:
         row = f"step {count[0]:4d}  teacher spread {t.std(0).mean().item():.4f}  student spread {s.std(0).mean().item():.4f}"
         row += f"  teacher view agreement {view_agreement(t[:b], t[b:]):.3f}"
         if result[1] is not None:
-            p = result[1]
-            row += f"  teacher entropy {-(p * p.clamp_min(1e-12).log()).sum(1).mean().item():.2f}"
+            row += f"  teacher entropy {teacher_entropy(result[1]):.2f}"
         print(row, flush=True)
         return result
 
@@ -152,6 +152,10 @@ def main() -> None:
                                                             f"train.threads={args.threads}"])
     except ConfigError as exc:
         print(f"view_agreement.py: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if cfg.data.augment != "fast":
+        print(f"view_agreement.py: data.augment={cfg.data.augment!r}: this diagnostic needs 'fast'"
+              " (the batched photometric stage it switches parts of)", file=sys.stderr)
         sys.exit(2)
     m = measure_at_init(cfg, args.without, args.batches)
     off = ", ".join(args.without) or "nothing"

@@ -73,12 +73,14 @@ def test_measure_at_init_on_a_tiny_run(view_agreement, repo_root, tiny_overrides
     assert 0.0 <= m["knn_top1_random_init"] <= 100.0
 
 
-def test_bad_key_is_one_line_and_exit_2(repo_root):
+@pytest.mark.parametrize("override, named", [("dino.no_such_key=1", "dino.no_such_key"),
+                                             ("data.augment=reference", "data.augment")])
+def test_bad_input_is_one_line_and_exit_2(repo_root, override, named):
     proc = subprocess.run([sys.executable, str(repo_root / "scripts/view_agreement.py"), str(repo_root / "experiments/demo.yaml"),
-                           "--set", "dino.no_such_key=1"], capture_output=True, text=True, timeout=120)
+                           "--set", override], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "dino.no_such_key" in lines[0]
+    assert len(lines) == 1 and named in lines[0]
 
 
 def test_trace_prints_every_step_and_undoes_its_patches(view_agreement, repo_root, tiny_overrides, capsys):
