@@ -51,7 +51,7 @@ def test_the_library_is_there():
     names = {p.stem for p in ABLATIONS}
     tables = {"dino_table7", "dino_fig6_teachers", "dino_table8_multicrop", "dino_table9_batch", "dino_fig5_patch",
               "dino_appD_center_momentum", "dino_appD_teacher_temp", "dino_table2_same_arch", "esvit_table4_arch",
-              "esvit_table5_window"}
+              "esvit_table5_window", "dino_appC_bn_in_head"}
     assert {"demo"} | tables | {f"{t}_cifar" for t in tables} <= names
 
 

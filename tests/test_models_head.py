@@ -134,3 +134,49 @@ def test_invalid_arguments():
         DINOHead(IN, OUT, nlayers=0)
     with pytest.raises(ValueError, match="out_dim"):
         DINOHead(IN, 0)
+
+
+def batch_standardise_by_hand(z: torch.Tensor, bn: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """Training-mode BatchNorm1d per column j: (z_ij - mean_j) / sqrt(biased var_j + eps) * gamma_j + beta_j."""
+    cols = []
+    for j in range(z.shape[1]):
+        col = z[:, j]
+        mean = sum(col) / len(col)
+        var = sum((c - mean) ** 2 for c in col) / len(col)
+        cols.append((col - mean) / torch.sqrt(var + bn.eps) * bn.weight[j] + bn.bias[j])
+    return torch.stack(cols, dim=1)
+
+
+@pytest.mark.parametrize("nlayers", [2, 3])
+def test_bn_head_equals_hand_computation(nlayers):
+    """use_bn (the reference's use_bn_in_head): Linear -> BatchNorm1d over the batch -> GELU per hidden layer."""
+    torch.manual_seed(0)
+    head = DINOHead(IN, OUT, HIDDEN, BOTTLENECK, nlayers=nlayers, use_bn=True).double()
+    bns = [m for m in head.mlp if isinstance(m, torch.nn.BatchNorm1d)]
+    linears = [m for m in head.mlp if isinstance(m, torch.nn.Linear)]
+    assert len(bns) == nlayers - 1 and len(linears) == nlayers
+    with torch.no_grad():  # non-trivial affine parameters so gamma and beta enter the check
+        for bn in bns:
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(7, IN, dtype=torch.float64)
+    z = x
+    for i, lin in enumerate(linears):
+        z = z @ lin.weight.T + lin.bias
+        if i < len(linears) - 1:
+            z = gelu(batch_standardise_by_hand(z, bns[i]))
+    u = z / z.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(head(x), u @ head.last_layer.weight.T)
+    # A constant shift of the input batch is removed by the first BatchNorm: the head's output cannot
+    # follow it (what keeps a BN head from answering every image with the batch average).
+    torch.testing.assert_close(head(x + 3.0), head(x))
+
+
+def test_bn_head_in_a_trial_config(repo_root, tiny_overrides):
+    from dinolab.config.loader import load_experiment
+    from dinolab.train.loop import build_networks
+
+    cfg = load_experiment(repo_root / "experiments" / "demo.yaml", tiny_overrides + ["dino.use_bn_in_head=true"])
+    student, teacher = build_networks(cfg)
+    for net in (student, teacher):
+        assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.head.modules()) == cfg.dino.head_layers - 1

@@ -90,6 +90,9 @@ class DinoConfig(Section):
     hidden_dim: int = Field(2048, ge=2, description="DINO head MLP width. Paper: 2048.")
     bottleneck_dim: int = Field(256, ge=2, description="DINO head l2 bottleneck. Paper: 256.")
     head_layers: int = Field(3, ge=1, description="DINO head MLP layers before the bottleneck. Paper: 3.")
+    use_bn_in_head: bool = Field(
+        False, description="BatchNorm1d after each hidden Linear of the heads (Appendix C, 'heads w/ BN'). Paper: off (BN-free)."
+    )
     norm_last_layer: bool = Field(True, description="Freeze the weight-norm gain of the head's last layer. Code: True.")
     student_temp: float = Field(0.1, gt=0.0, description="Student temperature tau_s. Paper: 0.1.")
     teacher_temp: float = Field(

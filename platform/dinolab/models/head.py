@@ -6,8 +6,9 @@
     y = W u,  W_k = g_k v_k / ||v_k||  weight-normalised prototypes, no bias: (B, out_dim)
 
 MLP with ``nlayers`` Linear layers: Linear(in, hidden) -> GELU -> [Linear(hidden, hidden) -> GELU]
-x (nlayers - 2) -> Linear(hidden, bottleneck); one layer is Linear(in, bottleneck). No BatchNorm
-(the paper's system is BN-free). Linear weights trunc-normal(0.02), biases 0. The gains g start
+x (nlayers - 2) -> Linear(hidden, bottleneck); one layer is Linear(in, bottleneck). No BatchNorm by
+default (the paper's system is BN-free); ``use_bn`` puts a BatchNorm1d after each hidden Linear,
+before its GELU (the reference code's ``use_bn_in_head``, Appendix C's "heads w/ BN" row). Linear weights trunc-normal(0.02), biases 0. The gains g start
 at 1 and are frozen when ``norm_last_layer`` (then every prototype row has unit norm); the
 directions v keep PyTorch's default Linear init.
 
@@ -25,12 +26,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _mlp(in_dim: int, hidden_dim: int, out_dim: int, nlayers: int) -> nn.Sequential:
+def _mlp(in_dim: int, hidden_dim: int, out_dim: int, nlayers: int, use_bn: bool = False) -> nn.Sequential:
     if nlayers == 1:
         return nn.Sequential(nn.Linear(in_dim, out_dim))
-    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+
+    def hidden(width_in: int) -> list[nn.Module]:
+        # Linear -> [BatchNorm1d over the batch of all crops] -> GELU
+        return [nn.Linear(width_in, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if use_bn else []) + [nn.GELU()]
+
+    layers: list[nn.Module] = hidden(in_dim)
     for _ in range(nlayers - 2):
-        layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+        layers += hidden(hidden_dim)
     layers.append(nn.Linear(hidden_dim, out_dim))
     return nn.Sequential(*layers)
 
@@ -72,6 +78,7 @@ class DINOHead(nn.Module):
         nlayers: int = 3,
         norm_last_layer: bool = True,
         predictor: bool = False,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         if nlayers < 1:
@@ -79,8 +86,8 @@ class DINOHead(nn.Module):
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim), ("bottleneck_dim", bottleneck_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, nlayers)
-        self.predictor = _mlp(bottleneck_dim, hidden_dim, bottleneck_dim, 2) if predictor else None
+        self.mlp = _mlp(in_dim, hidden_dim, bottleneck_dim, nlayers, use_bn)
+        self.predictor = _mlp(bottleneck_dim, hidden_dim, bottleneck_dim, 2, use_bn) if predictor else None
         self.apply(self._init_linear)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim)
         self.last_layer.weight_g.requires_grad_(not norm_last_layer)

@@ -129,10 +129,12 @@ def build_networks(cfg: ExperimentConfig):
 
     def make(drop_path: float, predictor: bool) -> nn.Module:
         backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=drop_path)
-        head = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer, predictor=predictor)
+        head = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer, predictor=predictor,
+                        use_bn=d.use_bn_in_head)
         dense = None
         if cfg.esvit.region_loss:
-            dense = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer)
+            dense = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer,
+                             use_bn=d.use_bn_in_head)
         return MultiCropNetwork(backbone, head, dense_head=dense)
 
     student = make(cfg.model.drop_path_rate, d.predictor)
