@@ -143,6 +143,27 @@ def test_resize_and_flip_match_pil_reference():
         assert d.mean() < 0.5 and d.max() <= 8
 
 
+@pytest.mark.parametrize("layout", ["hwc", "planar"])
+def test_resize_and_flip_equal_torchvision_tensor_kernel(layout):
+    """Stage 1's channels-last resize + numpy planarisation = torchvision's resized_crop (+ flip) on the
+    uint8 tensor, bit for bit, for upsampling, downsampling, non-square and whole-image boxes."""
+    import torchvision.transforms.v2.functional as TF2
+
+    geometry = FastMultiCropGeometry(32, 16, 3, (0.4, 1.0), (0.05, 0.4))
+    hwc = rand_uint8(1, 41, 57, seed=5)[0].permute(1, 2, 0).contiguous()  # (H, W, 3) memory
+    image = fm.to_uint8_tensor(hwc.numpy()) if layout == "hwc" else hwc.permute(2, 0, 1).contiguous()
+    boxes = [CropBox(0, 0, 41, 57, False), CropBox(3, 5, 30, 40, True), CropBox(10, 20, 8, 11, False),
+             CropBox(1, 2, 16, 16, True), CropBox(20, 30, 21, 27, True)]
+    views = geometry.apply(image, boxes)
+    for view, b, size in zip(views, boxes, (32, 32, 16, 16, 16)):
+        ref = TF2.resized_crop(image, b.top, b.left, b.height, b.width, [size, size],
+                               interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+        if b.flip:
+            ref = ref.flip(-1)
+        assert view.dtype == torch.uint8 and view.is_contiguous() and view.shape == (3, size, size)
+        assert torch.equal(view, ref), b
+
+
 def test_geometry_reproducible_from_generator():
     geometry = FastMultiCropGeometry(16, 8, 3, (0.4, 1.0), (0.05, 0.4))
     img = rand_uint8(1, 40, 40)[0]

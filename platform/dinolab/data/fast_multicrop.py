@@ -47,9 +47,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF2
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 
 from .multicrop import BLUR_RADIUS, IMAGENET_MEAN, IMAGENET_STD, resolve_blur_radius_scale
 
@@ -187,9 +186,16 @@ class FastMultiCropGeometry:
         """uint8 (3, H, W) and one box per view -> the uint8 views (3, S, S)."""
         out = []
         for (size, _), b in zip(self.views, boxes):
-            v = TF2.resized_crop(image, b.top, b.left, b.height, b.width, [size, size],
-                                 interpolation=InterpolationMode.BICUBIC, antialias=True)
-            out.append((v.flip(-1) if b.flip else v).contiguous())
+            # torch's uint8 antialiased bicubic kernel (what torchvision's resized_crop calls) runs its
+            # vectorised path on channels-last memory: (1, 3, h, w) with strides (., 1, 3w, 3).
+            crop = image[:, b.top:b.top + b.height, b.left:b.left + b.width]
+            crop = crop.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+            view = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True)[0]  # (3, S, S), channels last
+            hwc = view.permute(1, 2, 0).numpy()  # (S, S, 3), no copy
+            if b.flip:
+                hwc = hwc[:, ::-1]
+            # Planar (3, S, S) for collation: numpy's transposing copy of uint8 is ~4x faster than torch's.
+            out.append(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))))
         return out
 
     def views_and_boxes(self, img, generator: Optional[torch.Generator] = None
