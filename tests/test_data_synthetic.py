@@ -7,16 +7,16 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from dinolab.data.synthetic import AREA_RANGE, BACKGROUNDS, CLASS_NAMES, SyntheticShapes
+from dinolab.data.synthetic import AREA_RANGE, BACKGROUNDS, CLASS_NAMES, GREY_BASE, SyntheticShapes
 
 S = 32
 # Accuracy above chance (1/6) that counts as a class leak: ~5 binomial standard errors on 600 test images.
 LEAK_MARGIN = 0.08
 
 
-@pytest.fixture(scope="module", params=["vivid", "muted"])
+@pytest.fixture(scope="module", params=["vivid", "muted", "grey"])
 def six_class(request):
-    """600 train / 600 test images of 6 classes, as arrays: (images, masks, labels) per split; both palettes."""
+    """600 train / 600 test images of 6 classes, as arrays: (images, masks, labels) per split; every palette."""
     train = SyntheticShapes(600, S, 6, seed=3, split="train", palette=request.param).arrays()
     test = SyntheticShapes(600, S, 6, seed=3, split="test", palette=request.param).arrays()
     return train, test
@@ -227,6 +227,24 @@ def test_several_objects_of_the_class_shape_each_drawn_where_described():
         colours = np.array([o["colour"] for o in objects])
         assert min(np.linalg.norm(a - b) for k, a in enumerate(colours) for b in colours[k + 1:]) > 0.0
     assert counts == {2, 3}
+
+
+def test_grey_palette_has_one_background_level_and_objects_of_either_polarity():
+    """palette="grey": every flat background is GREY_BASE in all three channels (so an image's grey level tells
+    nothing about it), and each object is 0.3-0.4 lighter or darker than it, the side drawn per object."""
+    ds = SyntheticShapes(40, S, 4, seed=2, split="train", palette="grey", objects=(3, 4), area_range=(0.04, 0.07),
+                         backgrounds=("flat",))
+    mixed = 0
+    for i in range(len(ds)):
+        p = ds.describe(i)
+        assert p["background_colours"] == ((GREY_BASE,) * 3, (GREY_BASE,) * 3)
+        offsets = np.array([np.mean(o["colour"]) - GREY_BASE for o in p["objects"]])
+        assert np.all((np.abs(offsets) > 0.3 - 0.1) & (np.abs(offsets) < 0.4 + 0.1)), offsets
+        mixed += bool((offsets > 0).any() and (offsets < 0).any())
+        img, m = np.asarray(ds[i][0], dtype=float) / 255.0, ds.mask(i)
+        far = ~ndimage.binary_dilation(m, iterations=2)
+        assert abs(img[far].mean() - GREY_BASE) < 0.02  # the drawn background (pixel noise averages out)
+    assert mixed > len(ds) // 3  # polarity is per object, not per image
 
 
 def test_one_object_draws_the_images_of_the_default():

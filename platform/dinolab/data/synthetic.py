@@ -168,7 +168,8 @@ def _background_weights(kind: str, side: int, rng: np.random.Generator) -> np.nd
     raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
 
 
-PALETTES = ("vivid", "muted")
+PALETTES = ("vivid", "muted", "grey")
+GREY_BASE = 0.5  # the "grey" palette's one background grey for every image
 
 
 def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -188,6 +189,19 @@ def _muted_object_colour(rng: np.random.Generator, base: float) -> np.ndarray:
     """An object colour 0.3-0.4 lighter (dark background) or darker (light background) than grey ``base``."""
     sign = -1.0 if base > 0.5 else 1.0
     return np.clip(base + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
+
+
+def _grey_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The "grey" palette's background: mid-grey GREY_BASE for every image (the pattern's second colour
+    a grey within 0.12 of it), so the image's grey level carries nothing that tells images apart."""
+    bg_a = np.full(3, GREY_BASE)
+    return bg_a, np.full(3, GREY_BASE + rng.uniform(-0.12, 0.12))
+
+
+def _grey_object_colour(rng: np.random.Generator) -> np.ndarray:
+    """An object 0.3-0.4 lighter or darker than GREY_BASE, the side drawn per object (no per-image polarity)."""
+    sign = -1.0 if rng.random() < 0.5 else 1.0
+    return np.clip(GREY_BASE + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
 
 
 def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
@@ -256,6 +270,11 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
         bg_a, bg_b, first, base = _muted_colours(rng)
         if kind == "flat":
             bg_b = bg_a
+    elif palette == "grey":
+        bg_a, bg_b = _grey_colours(rng)
+        if kind == "flat":
+            bg_b = bg_a
+        first = _grey_object_colour(rng)
     else:
         bg_a, bg_b = rng.random(3), rng.random(3)
         if kind == "flat":
@@ -266,6 +285,8 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
             colour = first
         elif palette == "muted":
             colour = _muted_object_colour(rng, base)
+        elif palette == "grey":
+            colour = _grey_object_colour(rng)
         else:
             colour = _vivid_object_colour(rng, bg_a, bg_b)
         shape["colour"] = tuple(float(c) for c in colour)
