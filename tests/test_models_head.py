@@ -180,3 +180,19 @@ def test_bn_head_in_a_trial_config(repo_root, tiny_overrides):
     student, teacher = build_networks(cfg)
     for net in (student, teacher):
         assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.head.modules()) == cfg.dino.head_layers - 1
+
+
+def test_batchnorms_are_synchronised_only_across_several_cuda_workers():
+    """The loop's sync_batchnorms: SyncBatchNorm for world_size > 1 on CUDA (conversion itself needs no GPU),
+    the module untouched on one worker or on CPU workers."""
+    from dinolab.train.loop import sync_batchnorms
+
+    def head():
+        return DINOHead(IN, OUT, HIDDEN, BOTTLENECK, nlayers=3, use_bn=True)
+
+    def kinds(m):
+        return [type(x).__name__ for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+
+    assert kinds(sync_batchnorms(head(), 2, torch.device("cuda"))) == ["SyncBatchNorm"] * 2
+    for world, device in ((1, "cuda"), (2, "cpu"), (1, "cpu")):
+        assert kinds(sync_batchnorms(head(), world, torch.device(device))) == ["BatchNorm1d"] * 2

@@ -145,6 +145,16 @@ def build_networks(cfg: ExperimentConfig):
     return student, teacher
 
 
+def sync_batchnorms(net: nn.Module, world_size: int, device: torch.device) -> nn.Module:
+    """BatchNorm layers (a ResNet backbone, ``dino.use_bn_in_head``) -> SyncBatchNorm when several CUDA workers
+    train one batch, so their statistics are the whole batch's, as the reference code converts both networks.
+    Unchanged on one worker, and on CPU workers (torch's SyncBatchNorm runs only on GPUs): there each worker
+    normalises over its own share of the batch."""
+    if world_size > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return net
+
+
 def build_criterion(cfg: ExperimentConfig, n_crops: int):
     from dinolab.losses.dino import DINOLoss
 
@@ -259,6 +269,7 @@ def train(
     seed_everything(cfg.train.seed)
     student, teacher = build_networks(cfg)
     student, teacher = student.to(device), teacher.to(device)
+    student, teacher = sync_batchnorms(student, world_size, device), sync_batchnorms(teacher, world_size, device)
     if world_size > 1:
         student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
     policy = TeacherPolicy(cfg.dino.teacher)
