@@ -9,8 +9,8 @@ MLP with ``nlayers`` Linear layers: Linear(in, hidden) -> GELU -> [Linear(hidden
 x (nlayers - 2) -> Linear(hidden, bottleneck); one layer is Linear(in, bottleneck). No BatchNorm by
 default (the paper's system is BN-free); ``use_bn`` puts a BatchNorm1d after each hidden Linear,
 before its GELU (the reference code's ``use_bn_in_head``, Appendix C's "heads w/ BN" row). Linear
-weights trunc-normal(0.02), biases 0. The gains g start at 1 and are frozen when ``norm_last_layer`` (then every prototype row has unit norm); the
-directions v keep PyTorch's default Linear init.
+weights trunc-normal(0.02), biases 0. The gains g start at 1 and are frozen when ``norm_last_layer``
+(then every prototype row has unit norm); the directions v keep PyTorch's default Linear init.
 
 The predictor is built only for the student (``predictor=True``); the teacher's head is built
 with ``predictor=False``, so the student has extra ``head.predictor.*`` parameters that the
