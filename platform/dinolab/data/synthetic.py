@@ -172,8 +172,8 @@ PALETTES = ("vivid", "muted", "grey")
 GREY_BASE = 0.5  # the "grey" palette's one background grey for every image
 
 
-def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Near-grey background colours, an object lighter or darker than them, and the grey they were drawn around.
+def _muted_background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
+    """Near-grey background colours and the grey ``base`` they were drawn around (objects: ``_muted_object_colour``).
 
     With few distinct colours across the data set, colour is a weak cue for telling images apart,
     so a self-supervised network that must match two views of one image has to use shape and
@@ -182,7 +182,7 @@ def _muted_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np
     base = rng.uniform(0.3, 0.7)
     bg_a = np.clip(base + rng.normal(0.0, 0.05, 3), 0, 1)
     bg_b = np.clip(base + rng.uniform(-0.12, 0.12) + rng.normal(0.0, 0.05, 3), 0, 1)
-    return bg_a, bg_b, _muted_object_colour(rng, base), base
+    return bg_a, bg_b, base
 
 
 def _muted_object_colour(rng: np.random.Generator, base: float) -> np.ndarray:
@@ -238,8 +238,8 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
            max_rotation: float = 180.0, objects: tuple[int, int] = (1, 1)) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Draw one image of class ``label``.
 
-    palette: "vivid" (random RGB colours everywhere) or "muted" (near-grey, see ``_muted_colours``);
-    either way the colours are drawn independently of the class.
+    palette: "vivid" (random RGB colours everywhere), "muted" (near-grey, see ``_muted_background``) or
+    "grey" (one background grey, see ``_grey_colours``); either way the colours are drawn independently of the class.
     backgrounds: the background kinds drawn from, uniformly (a subset of ``BACKGROUNDS``).
     max_rotation: each object's rotation is drawn from U(-max_rotation, max_rotation) degrees (180: any angle).
     objects: (min, max) objects of the class's shape, the count drawn uniformly; (1, 1) draws the
@@ -267,23 +267,15 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
     # Colours: each object's is far from every blend of the two background colours.
     kind = backgrounds[int(rng.integers(len(backgrounds)))]
     if palette == "muted":
-        bg_a, bg_b, first, base = _muted_colours(rng)
-        if kind == "flat":
-            bg_b = bg_a
+        bg_a, bg_b, base = _muted_background(rng)
     elif palette == "grey":
         bg_a, bg_b = _grey_colours(rng)
-        if kind == "flat":
-            bg_b = bg_a
-        first = _grey_object_colour(rng)
     else:
         bg_a, bg_b = rng.random(3), rng.random(3)
-        if kind == "flat":
-            bg_b = bg_a
-        first = _vivid_object_colour(rng, bg_a, bg_b)
-    for k, shape in enumerate(shapes):
-        if k == 0:
-            colour = first
-        elif palette == "muted":
+    if kind == "flat":
+        bg_b = bg_a
+    for shape in shapes:  # drawn after the background: a vivid colour keeps its distance from it
+        if palette == "muted":
             colour = _muted_object_colour(rng, base)
         elif palette == "grey":
             colour = _grey_object_colour(rng)

@@ -129,13 +129,13 @@ def build_networks(cfg: ExperimentConfig):
 
     def make(drop_path: float, predictor: bool) -> nn.Module:
         backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=drop_path)
-        head = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer, predictor=predictor,
-                        use_bn=d.use_bn_in_head)
-        dense = None
-        if cfg.esvit.region_loss:
-            dense = DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer,
-                             use_bn=d.use_bn_in_head)
-        return MultiCropNetwork(backbone, head, dense_head=dense)
+
+        def head(with_predictor: bool) -> DINOHead:  # the pooled head and EsViT's dense head share every knob
+            return DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer,
+                            predictor=with_predictor, use_bn=d.use_bn_in_head)
+
+        pooled_head = head(predictor)  # built first: the initial weights depend on the order
+        return MultiCropNetwork(backbone, pooled_head, dense_head=head(False) if cfg.esvit.region_loss else None)
 
     student = make(cfg.model.drop_path_rate, d.predictor)
     teacher = make(0.0, False)
