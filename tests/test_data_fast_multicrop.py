@@ -292,6 +292,30 @@ def test_strategies_agree_exactly_and_seed_reproduces():
     assert not all(torch.equal(u, v) for u, v in zip(a, c))
 
 
+def test_programs_block_of_one_jitter_order_with_mixed_stages_matches_masked():
+    """One jitter order for all images, so "programs" runs them as one block, with grayscale, two blur
+    widths and solarize each on a different stretch of it: the result must equal the per-operation
+    "masked" strategy image for image."""
+    n = 12
+    p = PhotometricParams(
+        jitter=torch.ones(n, dtype=torch.bool),
+        order=torch.tensor([[3, 1, 0, 2]] * n),
+        factors=torch.tensor([[1.3, 0.7, 1.1, 0.06]] * n) + torch.linspace(0, 0.1, n).unsqueeze(1),
+        gray=torch.tensor([i % 2 == 0 for i in range(n)]),
+        blur=torch.tensor([i % 3 != 0 for i in range(n)]),
+        radius=torch.tensor([0.5 if i % 4 < 2 else 1.8 for i in range(n)]),  # box l = 0 and l = 1
+        solarize=torch.tensor([i % 5 == 1 for i in range(n)]),
+    )
+    x = rand_uint8(n, 20, 20, seed=3)
+    photometric = BatchedPhotometric(20, 8, 1, blur_radius_scale=1.0)
+    assert torch.equal(photometric.apply(x, p, "programs"), photometric.apply(x, p, "masked"))
+
+
+def test_runs_splits_into_maximal_equal_stretches():
+    assert fm._runs([]) == []
+    assert fm._runs([1, 1, 2, 1]) == [(0, 2, 1), (2, 3, 2), (3, 4, 1)]
+
+
 def within_binomial(k, n, p, z=4.5):
     return abs(k - n * p) <= z * math.sqrt(n * p * (1 - p)) + 1e-9
 

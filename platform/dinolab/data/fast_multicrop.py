@@ -432,9 +432,31 @@ class _Plan:
         return [i for i in rows if self.jitter[i] and self.order[i][pos] == op]
 
     def program(self, i: int) -> tuple:
-        """Image i's sequence of operations: (jitter order or (), gray, box l if blurred else -1, solarize)."""
-        return (tuple(self.order[i]) if self.jitter[i] else (), self.gray[i],
-                self.box_l[i] if self.blur[i] else -1, self.solarize[i])
+        """Image i's sequence of operations: (jitter order or (), box l if blurred else -1, gray, solarize).
+
+        Sorting by it puts images of one jitter order together and, among them, those of one blur width
+        (the blur is the stage with the most passes, so it gets the longest runs).
+        """
+        return (tuple(self.order[i]) if self.jitter[i] else (), self.box_l[i] if self.blur[i] else -1,
+                self.gray[i], self.solarize[i])
+
+
+def _runs(values: list) -> list[tuple[int, int, object]]:
+    """Maximal stretches of equal consecutive values: [1, 1, 2] -> [(0, 2, 1), (2, 3, 2)] as (start, stop, value)."""
+    runs, start = [], 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            runs.append((start, i, values[start]))
+            start = i
+    return runs
+
+
+def _on_run(x: torch.Tensor, a: int, b: int, fn) -> torch.Tensor:
+    """x with images a..b-1 replaced by fn(x[a:b]); the whole tensor is not copied back."""
+    if a == 0 and b == x.shape[0]:
+        return fn(x)
+    x[a:b] = fn(x[a:b])
+    return x
 
 
 def _on_rows(x: torch.Tensor, rows: list[int], start: int, fn) -> torch.Tensor:
@@ -506,9 +528,11 @@ class BatchedPhotometric:
           "masked": for each operation (and each jitter position) gather the images that apply it, run it
             on them as one batch, scatter them back; on CPU in chunks of about CPU_CHUNK_ELEMENTS values so
             the passes over a chunk run in cache. Few, large kernel launches: right for GPUs and tiny images.
-          "programs": sort the images by their whole sequence of operations and run each block of images
-            sharing it straight through, without gather / scatter; blocks capped at CPU_CHUNK_ELEMENTS.
-            Fewer memory passes and narrower blur kernels per block: right for large images on CPU.
+          "programs": sort the images by their whole sequence of operations (``_Plan.program``) and run each
+            block of images sharing a jitter order straight through, without gather / scatter per operation:
+            the jitter on the whole block, then grayscale, blur and solarize on the runs of the block that
+            share them (contiguous, since sorted); blocks capped at CPU_CHUNK_ELEMENTS. Fewer memory passes,
+            fewer op launches per image and narrower blur kernels per run: right for large images on CPU.
         """
         n, device = views.shape[0], views.device
         if strategy is None:
@@ -528,37 +552,46 @@ class BatchedPhotometric:
                 rows = range(start, min(n, start + cap))
                 out[rows.start:rows.stop] = self._apply_chunk(views[rows.start:rows.stop], rows, plan, factors, box)
             return out
-        order = sorted(range(n), key=plan.program)
+        keys = [plan.program(i) for i in range(n)]
+        order = sorted(range(n), key=keys.__getitem__)
         start = 0
         while start < n:
-            key, stop = plan.program(order[start]), start + 1
-            while stop < n and stop - start < cap and plan.program(order[stop]) == key:
+            stop = start + 1
+            while stop < n and stop - start < cap and keys[order[stop]][0] == keys[order[start]][0]:
                 stop += 1
             rows = order[start:stop]
+            block_keys = [keys[i] for i in rows]
             if stop - start == 1:  # one image: slices, written straight into its output row
                 i = rows[0]
-                self._run_program(views[i:i + 1], key, factors[i:i + 1], box[i:i + 1], out=out[i:i + 1])
+                self._run_block(views[i:i + 1], block_keys, factors[i:i + 1], box[i:i + 1], out=out[i:i + 1])
             else:
                 idx = torch.tensor(rows, device=device)
-                out.index_copy_(0, idx, self._run_program(views.index_select(0, idx), key, factors.index_select(0, idx),
-                                                          box.index_select(0, idx)))
+                out.index_copy_(0, idx, self._run_block(views.index_select(0, idx), block_keys,
+                                                        factors.index_select(0, idx), box.index_select(0, idx)))
             start = stop
         return out
 
-    def _run_program(self, views: torch.Tensor, key: tuple, factors: torch.Tensor, box: torch.Tensor,
-                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Images (m, 3, S, S) uint8 sharing one program (see ``_Plan.program``) -> float normalised (into out)."""
-        jitter_order, gray, box_l, solar = key
+    def _run_block(self, views: torch.Tensor, keys: list[tuple], factors: torch.Tensor, box: torch.Tensor,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Images (m, 3, S, S) uint8 sharing a jitter order and their sorted programs -> float normalised (into out).
+
+        ``keys[j]`` is image j's ``_Plan.program``: (jitter order, box l or -1, gray, solarize). Grayscale,
+        blur and solarize each run once per stretch of consecutive images that share their setting.
+        """
         x = views.float()
-        for op in jitter_order:
+        for op in keys[0][0]:
             x = _JITTER_OPS[op](x, factors[:, op])
-        if gray:
-            x = rgb_to_grayscale(x)
-        if box_l >= 0:
-            half, centre = box_l + 1, self._blur_half
-            x = _blur_with(x, box[:, centre - half:centre + half + 1])
-        if solar:
-            x = solarize(x)
+        for a, b, gray in _runs([k[2] for k in keys]):
+            if gray:
+                x = _on_run(x, a, b, rgb_to_grayscale)
+        for a, b, box_l in _runs([k[1] for k in keys]):
+            if box_l >= 0:
+                half, centre = box_l + 1, self._blur_half
+                w = box[a:b, centre - half:centre + half + 1]
+                x = _on_run(x, a, b, lambda v, w=w: _blur_with(v, w))
+        for a, b, solar in _runs([k[3] for k in keys]):
+            if solar:
+                x = _on_run(x, a, b, solarize)
         return normalize(x, out=out)
 
     def _apply_chunk(self, views: torch.Tensor, rows: range, plan: _Plan, factors: torch.Tensor,
