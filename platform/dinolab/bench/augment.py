@@ -8,9 +8,10 @@
 
 Recipes: paper 2x224 + 10x96 on ~256 px JPEGs (ImageNet-like size), CIFAR 2x32 + 6x16 on 32 px JPEGs.
 Images: CIFAR-10 JPEGs from shared/datasets/cifar10-jpeg.tar.gz (upsampled to 256 px and re-encoded in
-memory for the paper recipe) when the archive exists, else the synthetic shapes. Repeats of the two paths
-are interleaved, so load from other processes hits both alike, and timed in CPU seconds of the (single)
-thread, so time spent descheduled on a shared machine does not count (stage 2 on a GPU: wall seconds).
+memory for the paper recipe) when the archive exists, else the synthetic shapes. The two paths are
+interleaved batch by batch (ABBA), so load from other processes hits both alike, and timed in CPU seconds
+of the (single) thread, so time spent descheduled on a shared machine does not count (stage 2 on a GPU:
+wall seconds).
 
 bench/augment_bench.py prints both recipes; ``augment_figure`` is the benchmark's paper-recipe figure.
 """
@@ -121,8 +122,17 @@ def measure_recipe(name: str, images: list[Image.Image], batch: int, repeats: in
     run_fast(geometry, photometric, jpegs[:batch], batch, device)
     out = {"images": len(jpegs), "side": side, "reference_ips": [], "fast_ips": [], "speedup": [], "stage1_ms": [], "stage2_ms": []}
     for _ in range(repeats):
-        t_ref = run_reference(ref, jpegs, batch)
-        t1, t2 = run_fast(geometry, photometric, jpegs, batch, device)
+        # Interleaved batch by batch, in alternating order (ABBA), so a slow spell of a shared machine
+        # falls on both paths alike instead of on whichever ran during it.
+        t_ref = t1 = t2 = 0.0
+        for k, start in enumerate(range(0, len(jpegs), batch)):
+            chunk = jpegs[start:start + batch]
+            for path in (("ref", "fast") if k % 2 == 0 else ("fast", "ref")):
+                if path == "ref":
+                    t_ref += run_reference(ref, chunk, batch)
+                else:
+                    s1, s2 = run_fast(geometry, photometric, chunk, batch, device)
+                    t1, t2 = t1 + s1, t2 + s2
         out["reference_ips"].append(len(jpegs) / t_ref)
         out["fast_ips"].append(len(jpegs) / (t1 + t2))
         out["speedup"].append(t_ref / (t1 + t2))
