@@ -41,6 +41,7 @@ so seeding reproduces the views. Use in a training loop::
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence, Union
@@ -444,10 +445,10 @@ class _Plan:
 def _runs(values: list) -> list[tuple[int, int, object]]:
     """Maximal stretches of equal consecutive values: [1, 1, 2] -> [(0, 2, 1), (2, 3, 2)] as (start, stop, value)."""
     runs, start = [], 0
-    for i in range(1, len(values) + 1):
-        if i == len(values) or values[i] != values[start]:
-            runs.append((start, i, values[start]))
-            start = i
+    for value, group in itertools.groupby(values):
+        stop = start + sum(1 for _ in group)
+        runs.append((start, stop, value))
+        start = stop
     return runs
 
 
