@@ -91,6 +91,42 @@ def test_gradient_reaches_student_only():
     assert teacher.grad is None
 
 
+@pytest.mark.parametrize("centering, tau_t, n_crops", [("ema", 0.04, 4), ("none", 0.07, 2), ("sinkhorn", 0.05, 3), ("ema", 0.0, 3)])
+def test_student_gradient_matches_finite_differences_of_the_loops(centering, tau_t, n_crops):
+    """The hand-written backward (StudentCrossEntropy) against central differences of Eq. 3 by loops."""
+    batch, k, tau_s, h = 2, 5, 0.1, 1e-4
+    student, teacher = _inputs(n_crops, batch, k, seed=7, scale=0.5)
+    crit = DINOLoss(k, n_crops, student_temp=tau_s, centering=centering)
+    crit.center.copy_(torch.linspace(-0.3, 0.3, k).reshape(1, k))
+    student.requires_grad_(True)
+    out = crit(student, teacher, tau_t)
+    out.loss.backward()
+    targets = out.teacher_probs.tolist()  # the teacher side has no gradient: fixed targets
+    rows = student.detach().double().tolist()
+    expected = torch.zeros(n_crops * batch, k, dtype=torch.float64)
+    for i in range(n_crops * batch):
+        for j in range(k):
+            plus = [r[:] for r in rows]
+            minus = [r[:] for r in rows]
+            plus[i][j] += h
+            minus[i][j] -= h
+            expected[i, j] = (_reference_loss(plus, teacher.tolist(), n_crops, tau_s, targets)
+                              - _reference_loss(minus, teacher.tolist(), n_crops, tau_s, targets)) / (2 * h)
+    assert torch.allclose(student.grad.double(), expected, rtol=1e-3, atol=1e-6), (student.grad, expected)
+
+
+def test_loss_leaves_its_inputs_untouched_and_backward_runs_once():
+    student, teacher = _inputs(3, 2, 8, seed=3)
+    student_before, teacher_before = student.clone(), teacher.clone()
+    student.requires_grad_(True)
+    for centering in ("ema", "none"):
+        out = DINOLoss(8, 3, centering=centering)(student, teacher, 0.04)
+        out.loss.backward(retain_graph=True)
+        assert torch.equal(student.detach(), student_before) and torch.equal(teacher, teacher_before)
+        with pytest.raises(RuntimeError, match="ran twice"):
+            out.loss.backward()
+
+
 def test_center_update_closed_form_and_order():
     """c_n = (1-m) sum_j m^(n-1-j) mean(t_j) from c_0 = 0 (Eq. 4); the step's loss uses the previous center."""
     k, batch, m = 5, 3, 0.9

@@ -50,18 +50,56 @@ def split_batch(student: torch.Tensor, teacher: torch.Tensor, n_crops: int) -> i
     return batch
 
 
-def pair_cross_entropy(targets: torch.Tensor, student_log_probs: torch.Tensor, n_crops: int) -> torch.Tensor:
-    """Mean over ``view_pairs(n_crops)`` of mean_b sum_k -targets[iq, b, k] * log_probs[v, b, k].
+def pair_weights(n_crops: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(2, n_crops) weights of Eq. 3's mean over view pairs: 1 / (2 (n_crops - 1)) at (iq, v != iq), 0 at (iq, iq)."""
+    weights = torch.full((2, n_crops), 1.0 / (2 * (n_crops - 1)), device=device)
+    weights[0, 0] = weights[1, 1] = 0.0
+    return weights
 
-    targets (2B, K), student_log_probs (n_crops*B, K), both float32 -> scalar.
+
+class StudentCrossEntropy(torch.autograd.Function):
+    """Eq. 3 from raw student logits: L = -(1/B) sum_{iq, v} w[iq, v] sum_b sum_k q[iq, b, k] log p[v, b, k].
+
+    p[v] = softmax(s[v] / tau_s); q (2B, K) are the teacher's targets (no gradient); w = ``pair_weights``.
+    The same value as ``log_softmax`` + the pair reduction through autograd, with at most one
+    (n_crops B, K) buffer instead of five (at out_dim 65536 and 8 crops of 64 each is 134 MB, and each
+    fresh one costs ~33k page faults): the log-probabilities are computed in place in the one copy of
+    s / tau_s, and the backward turns that buffer into the gradient, in closed form:
+
+        dL/ds[v, b, k] = (1 / (B tau_s)) (alpha[v, b] p[v, b, k] - sum_iq w[iq, v] q[iq, b, k]),
+        alpha[v, b] = sum_iq w[iq, v] sum_k q[iq, b, k]     (= 1 for every local view when rows sum to 1).
+
+    Once differentiable, and its backward may run once (it consumes the saved buffer).
     """
-    batch = targets.shape[0] // 2
-    q = targets.reshape(2, -1)  # (2, B*K)
-    logp = student_log_probs.reshape(n_crops, -1)  # (n_crops, B*K)
-    cross = -(q @ logp.T) / batch  # (2, n_crops): batch-mean CE of every (iq, v)
-    same_view = torch.zeros_like(cross, dtype=torch.bool)
-    same_view[0, 0] = same_view[1, 1] = True
-    return cross.masked_fill(same_view, 0.0).sum() / (2 * (n_crops - 1))
+
+    @staticmethod
+    def forward(ctx, student_logits: torch.Tensor, targets: torch.Tensor, n_crops: int, student_temp: float) -> torch.Tensor:
+        if targets.requires_grad:
+            raise ValueError("the teacher's targets must not require a gradient (compute them under no_grad)")
+        batch = targets.shape[0] // 2
+        log_probs = student_logits.div(student_temp)  # (n_crops B, K): the function's one big buffer
+        torch.ops.aten._log_softmax.out(log_probs, -1, False, out=log_probs)  # row-wise, in place (bit-identical)
+        weights = pair_weights(n_crops, student_logits.device).to(log_probs.dtype)
+        cross = targets.reshape(2, -1) @ log_probs.reshape(n_crops, -1).T  # (2, n_crops): sum_b sum_k q[iq] log p[v]
+        ctx.save_for_backward(log_probs, targets, weights)
+        ctx.student_temp, ctx.batch, ctx.consumed = student_temp, batch, False
+        return -(cross * weights).sum() / batch
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.consumed:
+            raise RuntimeError("StudentCrossEntropy's backward ran twice; its saved buffer became the first gradient")
+        ctx.consumed = True
+        log_probs, targets, weights = ctx.saved_tensors
+        n_crops, batch = weights.shape[1], ctx.batch
+        scale = grad_loss / (batch * ctx.student_temp)  # 0-dim tensor
+        row_sums = targets.reshape(2, batch, -1).sum(dim=-1)  # (2, B)
+        alpha = (weights.T @ row_sums) * scale  # (n_crops, B)
+        grad = log_probs.exp_()  # p, in place
+        grad.view(n_crops * batch, -1).mul_(alpha.reshape(-1, 1))  # alpha[v, b] p[v, b, :]
+        grad.view(n_crops, -1).addmm_(weights.T, targets.reshape(2, -1), alpha=-scale.item())  # - sum_iq w q[iq]
+        return grad, None, None, None
 
 
 def one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -121,11 +159,15 @@ class DINOLoss(nn.Module):
             if teacher_temp == 0:
                 raise ValueError("teacher_temp=0 (one-hot targets) needs centering 'ema' or 'none'; sinkhorn needs teacher_temp > 0")
             return sinkhorn_knopp(logits / teacher_temp, self.sinkhorn_iterations)
-        if self.centering == "ema":
-            logits = logits - self.center
+        centered = self.centering == "ema"
+        if centered:
+            logits = logits - self.center  # a fresh (2B, K) buffer
         if teacher_temp == 0:
             return one_hot_argmax(logits)
-        return F.softmax(logits / teacher_temp, dim=-1)
+        # Sharpened in one fresh buffer (never the caller's: its raw logits feed the centre's update) and
+        # softmax in place there: bit-identical to F.softmax(logits / tau_t), without two more (2B, K) buffers.
+        probs = logits.div_(teacher_temp) if centered else logits.div(teacher_temp)
+        return torch.ops.aten._softmax.out(probs, -1, False, out=probs)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> LossOutput:
         """student_logits (n_crops*B, K) crop-major, teacher_logits (2B, K) -> LossOutput(scalar loss, (2B, K) targets)."""
@@ -135,8 +177,7 @@ class DINOLoss(nn.Module):
         # float32 outside autocast: the pair reduction is a matmul, which autocast would run in bf16/fp16
         with torch.autocast(device_type=student_logits.device.type, enabled=False):
             targets = self.teacher_targets(teacher_logits, teacher_temp)
-            log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-            loss = pair_cross_entropy(targets, log_probs, self.n_crops)
+            loss = StudentCrossEntropy.apply(student_logits.float(), targets, self.n_crops, self.student_temp)
         return LossOutput(loss, targets)
 
     @torch.no_grad()
