@@ -100,8 +100,8 @@ def trace(cfg, parts_off: list[str]) -> None:
     build, objective = fast.fast_multicrop, step_module.objective
     if parts_off:  # the loop builds its own photometric stage: switch the parts off on every one it builds
 
-        def fast_multicrop(crops_cfg):
-            geometry, photometric = build(crops_cfg)
+        def fast_multicrop(crops_cfg, **kwargs):
+            geometry, photometric = build(crops_cfg, **kwargs)
             switch_off(photometric, parts_off)
             return geometry, photometric
 

@@ -311,6 +311,24 @@ def test_programs_block_of_one_jitter_order_with_mixed_stages_matches_masked():
     assert torch.equal(photometric.apply(x, p, "programs"), photometric.apply(x, p, "masked"))
 
 
+@pytest.mark.parametrize("n_local", [2, 0])
+def test_reused_outputs_equal_fresh_ones_and_are_double_buffered(n_local):
+    """reuse_outputs: the same views as fresh outputs; call k + 2 writes into call k's buffers, never into
+    call k + 1's (which the consumer may still hold)."""
+    g = torch.Generator().manual_seed(4)
+    batches = [[torch.randint(0, 256, (3, 3, s, s), generator=g, dtype=torch.uint8) for s in [64, 64] + [32] * n_local]
+               for _ in range(4)]
+    fresh, reused = BatchedPhotometric(64, 32, n_local), BatchedPhotometric(64, 32, n_local, reuse_outputs=True)
+    outs = []
+    for k, views in enumerate(batches):
+        a = fresh(views, generator=torch.Generator().manual_seed(k))
+        b = reused(views, generator=torch.Generator().manual_seed(k))
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+        outs.append([v.untyped_storage().data_ptr() for v in b[::2]])  # one view per buffer (global, local)
+    assert outs[2] == outs[0] and outs[3] == outs[1]
+    assert not set(outs[0]) & set(outs[1])
+
+
 def test_runs_splits_into_maximal_equal_stretches():
     assert fm._runs([]) == []
     assert fm._runs([1, 1, 2, 1]) == [(0, 2, 1), (2, 3, 2), (3, 4, 1)]

@@ -177,7 +177,9 @@ def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
     if cfg.data.augment == "fast":
         from dinolab.data.fast_multicrop import fast_multicrop
 
-        geometry, photometric = fast_multicrop(c)
+        # reuse_outputs: every consumer of ``on_device`` (this loop, the diagnostic scripts) is done with a
+        # batch before it asks for the one after next, so stage 2 may write into that batch's buffers.
+        geometry, photometric = fast_multicrop(c, reuse_outputs=True)
         dataset = build_dataset(cfg.data, "train", transform=geometry)
         on_device = photometric
     else:
