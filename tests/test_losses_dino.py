@@ -306,3 +306,16 @@ def test_entropy_bounds_uniform_and_one_hot():
     # a student equal to the uniform teacher: no divergence
     _, kl_same = entropy_and_kl(uniform, torch.zeros(n_crops * batch, k), 0.1, n_crops)
     assert abs(kl_same) < 1e-6
+
+
+def test_loss_of_non_contiguous_logits_equals_the_contiguous_one():
+    """Logits that arrive as a transposed view (columns = rows) give the same loss and gradient."""
+    student, teacher = _inputs(3, 2, 8, seed=5)
+    a = student.clone().requires_grad_(True)
+    b = student.t().contiguous().requires_grad_(True)  # (K, n_crops B); its .t() is a non-contiguous view
+    crit = DINOLoss(8, 3)
+    loss_a = crit(a, teacher, 0.04).loss
+    loss_b = crit(b.t(), teacher, 0.04).loss
+    loss_a.backward()
+    loss_b.backward()
+    assert torch.allclose(loss_a, loss_b) and torch.allclose(a.grad, b.grad.t())

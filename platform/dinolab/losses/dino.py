@@ -77,7 +77,8 @@ class StudentCrossEntropy(torch.autograd.Function):
         if targets.requires_grad:
             raise ValueError("the teacher's targets must not require a gradient (compute them under no_grad)")
         batch = targets.shape[0] // 2
-        log_probs = student_logits.div(student_temp)  # (n_crops B, K): the function's one big buffer
+        # (n_crops B, K): the function's one big buffer, row-major so the views below see crop-major rows
+        log_probs = student_logits.div(student_temp).contiguous()
         torch.ops.aten._log_softmax.out(log_probs, -1, False, out=log_probs)  # row-wise, in place (bit-identical)
         weights = pair_weights(n_crops, student_logits.device).to(log_probs.dtype)
         cross = targets.reshape(2, -1) @ log_probs.reshape(n_crops, -1).T  # (2, n_crops): sum_b sum_k q[iq] log p[v]
