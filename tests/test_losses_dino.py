@@ -319,3 +319,14 @@ def test_loss_of_non_contiguous_logits_equals_the_contiguous_one():
     loss_a.backward()
     loss_b.backward()
     assert torch.allclose(loss_a, loss_b) and torch.allclose(a.grad, b.grad.t())
+
+
+def test_in_place_softmaxes_equal_the_out_of_place_ops_bit_for_bit():
+    from dinolab.losses.dino import _log_softmax_rows, _softmax_rows
+
+    x = torch.randn(6, 70001, generator=torch.Generator().manual_seed(0)) * 30  # long odd rows: vector + tail paths
+    for in_place, reference in ((_log_softmax_rows, torch.log_softmax), (_softmax_rows, torch.softmax)):
+        buffer = x.clone()
+        out = in_place(buffer)
+        assert out.data_ptr() == buffer.data_ptr()  # on CPU the result lives in the input's memory
+        assert torch.equal(out, reference(x, dim=-1))

@@ -57,6 +57,22 @@ def pair_weights(n_crops: int, device: torch.device | str | None = None) -> torc
     return weights
 
 
+def _log_softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dim, in x's own memory on CPU (the CPU kernel reads each row before writing
+    it: bit-identical to the out-of-place op, checked by the tests); a new tensor elsewhere, where the
+    aliasing of the device's kernels is not checked here and fresh memory is cheap (caching allocator)."""
+    if x.device.type == "cpu":
+        return torch.ops.aten._log_softmax.out(x, -1, False, out=x)
+    return torch.log_softmax(x, dim=-1)
+
+
+def _softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim; in place on CPU, as ``_log_softmax_rows``."""
+    if x.device.type == "cpu":
+        return torch.ops.aten._softmax.out(x, -1, False, out=x)
+    return torch.softmax(x, dim=-1)
+
+
 class StudentCrossEntropy(torch.autograd.Function):
     """Eq. 3 from raw student logits: L = -(1/B) sum_{iq, v} w[iq, v] sum_b sum_k q[iq, b, k] log p[v, b, k].
 
@@ -79,7 +95,7 @@ class StudentCrossEntropy(torch.autograd.Function):
         batch = targets.shape[0] // 2
         # (n_crops B, K): the function's one big buffer, row-major so the views below see crop-major rows
         log_probs = student_logits.div(student_temp).contiguous()
-        torch.ops.aten._log_softmax.out(log_probs, -1, False, out=log_probs)  # row-wise, in place (bit-identical)
+        log_probs = _log_softmax_rows(log_probs)
         weights = pair_weights(n_crops, student_logits.device).to(log_probs.dtype)
         cross = targets.reshape(2, -1) @ log_probs.reshape(n_crops, -1).T  # (2, n_crops): sum_b sum_k q[iq] log p[v]
         ctx.save_for_backward(log_probs, targets, weights)
@@ -168,7 +184,7 @@ class DINOLoss(nn.Module):
         # Sharpened in one fresh buffer (never the caller's: its raw logits feed the centre's update) and
         # softmax in place there: bit-identical to F.softmax(logits / tau_t), without two more (2B, K) buffers.
         probs = logits.div_(teacher_temp) if centered else logits.div(teacher_temp)
-        return torch.ops.aten._softmax.out(probs, -1, False, out=probs)
+        return _softmax_rows(probs)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float) -> LossOutput:
         """student_logits (n_crops*B, K) crop-major, teacher_logits (2B, K) -> LossOutput(scalar loss, (2B, K) targets)."""
