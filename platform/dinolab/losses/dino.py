@@ -115,7 +115,9 @@ class StudentCrossEntropy(torch.autograd.Function):
         alpha = (weights.T @ row_sums) * scale  # (n_crops, B)
         grad = log_probs.exp_()  # p, in place
         grad.view(n_crops * batch, -1).mul_(alpha.reshape(-1, 1))  # alpha[v, b] p[v, b, :]
-        grad.view(n_crops, -1).addmm_(weights.T, targets.reshape(2, -1), alpha=-scale.item())  # - sum_iq w q[iq]
+        # - sum_iq w[iq, v] q[iq] scale, with scale folded into the (n_crops, 2) coefficients: no .item(),
+        # so no device sync in the middle of the backward on a GPU
+        grad.view(n_crops, -1).addmm_(weights.T * -scale, targets.reshape(2, -1))
         return grad, None, None, None
 
 
