@@ -152,9 +152,10 @@ class DataConfig(Section):
     synthetic_size: int = Field(32, ge=8, description="Synthetic: image side in px.")
     synthetic_classes: int = Field(6, ge=2, le=10, description="Synthetic: number of shape classes.")
     synthetic_seed: int = Field(0, ge=0, description="Synthetic: generator seed (the data set, not the trial).")
-    synthetic_palette: Literal["vivid", "muted", "grey"] = Field(
-        "muted", description="Synthetic colours: vivid (random RGB), muted (near-grey; colour is then a weak instance cue) or "
-        "grey (one mid-grey background level for every image, objects lighter or darker per object: no per-image grey level)."
+    synthetic_palette: Literal["vivid", "muted", "grey", "light"] = Field(
+        "muted", description="Synthetic colours: vivid (random RGB), muted (near-grey; colour is then a weak instance cue), "
+        "grey (one mid-grey background level for every image, objects lighter or darker per object: no per-image grey level) "
+        "or light (that background, every object a lighter pure grey: neither grey level nor polarity tells images apart)."
     )
     synthetic_backgrounds: list[Literal["flat", "gradient", "stripes", "checkers", "blobs"]] = Field(
         ["flat", "gradient", "stripes", "checkers", "blobs"], min_length=1,

@@ -168,8 +168,8 @@ def _background_weights(kind: str, side: int, rng: np.random.Generator) -> np.nd
     raise ValueError(f"unknown background {kind!r}; valid: {', '.join(BACKGROUNDS)}")
 
 
-PALETTES = ("vivid", "muted", "grey")
-GREY_BASE = 0.5  # the "grey" palette's one background grey for every image
+PALETTES = ("vivid", "muted", "grey", "light")
+GREY_BASE = 0.5  # the "grey" and "light" palettes' one background grey for every image
 
 
 def _muted_background(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float]:
@@ -202,6 +202,12 @@ def _grey_object_colour(rng: np.random.Generator) -> np.ndarray:
     """An object 0.3-0.4 lighter or darker than GREY_BASE, the side drawn per object (no per-image polarity)."""
     sign = -1.0 if rng.random() < 0.5 else 1.0
     return np.clip(GREY_BASE + sign * rng.uniform(0.3, 0.4) + rng.normal(0.0, 0.05, 3), 0, 1)
+
+
+def _light_object_colour(rng: np.random.Generator) -> np.ndarray:
+    """The "light" palette's object: a pure grey 0.3-0.4 lighter than GREY_BASE, for every object. With one
+    background grey and one polarity, nothing but the object's shape, size, pose and place tells images apart."""
+    return np.full(3, GREY_BASE + rng.uniform(0.3, 0.4))
 
 
 def _vivid_object_colour(rng: np.random.Generator, bg_a: np.ndarray, bg_b: np.ndarray) -> np.ndarray:
@@ -239,7 +245,8 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
     """Draw one image of class ``label``.
 
     palette: "vivid" (random RGB colours everywhere), "muted" (near-grey, see ``_muted_background``) or
-    "grey" (one background grey, see ``_grey_colours``); either way the colours are drawn independently of the class.
+    "grey" (one background grey, see ``_grey_colours``) or "light" (that background, every object a lighter
+    grey, see ``_light_object_colour``); either way the colours are drawn independently of the class.
     backgrounds: the background kinds drawn from, uniformly (a subset of ``BACKGROUNDS``).
     max_rotation: each object's rotation is drawn from U(-max_rotation, max_rotation) degrees (180: any angle).
     objects: (min, max) objects of the class's shape, the count drawn uniformly; (1, 1) draws the
@@ -268,7 +275,7 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
     kind = backgrounds[int(rng.integers(len(backgrounds)))]
     if palette == "muted":
         bg_a, bg_b, base = _muted_background(rng)
-    elif palette == "grey":
+    elif palette in ("grey", "light"):
         bg_a, bg_b = _grey_colours(rng)
     else:
         bg_a, bg_b = rng.random(3), rng.random(3)
@@ -279,6 +286,8 @@ def render(label: int, image_size: int, rng: np.random.Generator, palette: str =
             colour = _muted_object_colour(rng, base)
         elif palette == "grey":
             colour = _grey_object_colour(rng)
+        elif palette == "light":
+            colour = _light_object_colour(rng)
         else:
             colour = _vivid_object_colour(rng, bg_a, bg_b)
         shape["colour"] = tuple(float(c) for c in colour)
