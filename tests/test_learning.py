@@ -1,13 +1,16 @@
-"""The collapses the paper explains (section 5.3, Figure 7) really happen on the embedded data,
-and the collapse function sees them: without centering the teacher entropy falls to 0; without
-sharpening (a teacher temperature well above 0.07) it rises to ln K; the default run is not flagged.
+"""Issue 2's learning target and the collapses the paper explains (section 5.3, Figure 7), on the embedded data.
 
-Slow: these train the demo configuration (experiments/demo.yaml) on 512 images for real: 3 epochs
-for the default run, 8 with a momentum-0.9 teacher for the collapses. (The demo's k-NN gain over random init is measured across seeds by the demo
-grid and reported in the README; it is below the 10 points the issue asks for.)
+- experiments/demo.yaml as written, trained for real with seeds 0, 1, 2: its final k-NN top-1 beats the same
+  network at random init by at least 10 points on average and by more than 3 times the std over the seeds,
+  and the collapse function flags none of the three runs.
+- Without centering the teacher entropy falls to 0; without sharpening (a teacher temperature well above
+  0.07) it rises to ln K; the collapse function sees both. These train the demo on 512 images for 8 epochs.
+
+Slow: the learning runs are the demo's full 90 steps each.
 """
 
 import math
+import statistics
 
 import pytest
 
@@ -18,7 +21,7 @@ from dinolab.train.loop import train
 
 pytestmark = pytest.mark.slow
 
-FAST = ["train.progress=false", "train.threads=1", "eval.linear=false", "data.synthetic_train=512", "data.synthetic_test=128"]
+FAST = ["train.progress=false", "train.threads=2", "eval.linear=false", "data.synthetic_train=512", "data.synthetic_test=128"]
 # The collapse runs: 8 epochs x 8 steps with a faster teacher (momentum 0.9), so a collapse that
 # takes the demo's slower teacher longer to reach is complete within the test.
 COLLAPSE = ["train.epochs=8", "eval.knn_every=8", "dino.momentum=0.9"]
@@ -31,11 +34,23 @@ def _run(repo_root, tmp_path, name, overrides):
     return cfg, result
 
 
-def test_default_run_is_not_flagged_collapsed(repo_root, tmp_path):
-    cfg, result = _run(repo_root, tmp_path, "default", ["train.epochs=3", "eval.knn_every=3"])
-    collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
-    assert not collapsed, reason
-    assert 0.5 < result.history["teacher_entropy"][-1] < math.log(cfg.dino.out_dim) - 0.1
+def test_demo_learns_shape_across_three_seeds(repo_root, tmp_path):
+    """The demo, as written (only runtime fields and the k-NN cadence overridden: neither changes training),
+    raises k-NN above random init by >= 10 points on average over seeds 0-2, and by > 3 std; none collapsed."""
+    path = repo_root / "experiments/demo.yaml"
+    epochs = load_experiment(path).train.epochs
+    gains = []
+    for seed in (0, 1, 2):
+        overrides = ["train.progress=false", "train.threads=2", "eval.linear=false", f"eval.knn_every={epochs}",
+                     f"train.seed={seed}"]
+        cfg = load_experiment(path, overrides)
+        result = train(cfg, MemoryReporter(), workdir=tmp_path / f"seed{seed}", resume=False)
+        gains.append(result.history["knn_top1"][-1] - result.final["knn_top1_random_init"])
+        collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
+        assert not collapsed, f"seed {seed}: {reason}"
+        assert 0.5 < result.history["teacher_entropy"][-1] < math.log(cfg.dino.out_dim) - 0.1
+    mean, std = statistics.mean(gains), statistics.stdev(gains)
+    assert mean >= 10.0 and mean > 3 * std, f"k-NN gains over random init {gains}: mean {mean:.2f}, std {std:.2f}"
 
 
 def test_no_centering_collapses_to_one_dimension(repo_root, tmp_path):
