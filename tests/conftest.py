@@ -9,6 +9,15 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """A test may train with more threads (``train.threads=2`` sets torch's global count); every later test gets
+    one thread back. Without this a test that forks workers after it (tests/test_losses_distributed.py) hangs:
+    a child forked from a process whose OpenMP pool ran 2 threads waits forever in its first parallel region."""
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Every test gets its own dinolab home and no inherited tracking URI."""
     monkeypatch.setenv("DINOLAB_HOME", str(tmp_path / "dinolab_home"))

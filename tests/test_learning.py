@@ -22,9 +22,9 @@ from dinolab.train.loop import train
 pytestmark = pytest.mark.slow
 
 FAST = ["train.progress=false", "train.threads=2", "eval.linear=false", "data.synthetic_train=512", "data.synthetic_test=128"]
-# The collapse runs: 8 epochs x 8 steps with a faster teacher (momentum 0.9), so a collapse that
-# takes the demo's slower teacher longer to reach is complete within the test.
-COLLAPSE = ["train.epochs=8", "eval.knn_every=8", "dino.momentum=0.9"]
+# The collapse runs: 8 epochs x 8 steps of the demo (its teacher momentum is 0.9, so the collapse is
+# complete well within them: without centering the entropy is 0.0001 by the third epoch).
+COLLAPSE = ["train.epochs=8", "eval.knn_every=8"]
 
 
 def _run(repo_root, tmp_path, name, overrides):
