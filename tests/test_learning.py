@@ -21,7 +21,9 @@ from dinolab.train.loop import train
 
 pytestmark = pytest.mark.slow
 
-FAST = ["train.progress=false", "train.threads=2", "eval.linear=false", "data.synthetic_train=512", "data.synthetic_test=128"]
+# Runtime fields only (no effect on what is trained): no progress bar, 2 threads, no linear probe.
+RUNTIME = ["train.progress=false", "train.threads=2", "eval.linear=false"]
+FAST = RUNTIME + ["data.synthetic_train=512", "data.synthetic_test=128"]
 # The collapse runs: 8 epochs x 8 steps of the demo (its teacher momentum is 0.9, so the collapse is
 # complete well within them: without centering the entropy is 0.0001 by the third epoch).
 COLLAPSE = ["train.epochs=8", "eval.knn_every=8"]
@@ -41,9 +43,7 @@ def test_demo_learns_shape_across_three_seeds(repo_root, tmp_path):
     epochs = load_experiment(path).train.epochs
     gains = []
     for seed in (0, 1, 2):
-        overrides = ["train.progress=false", "train.threads=2", "eval.linear=false", f"eval.knn_every={epochs}",
-                     f"train.seed={seed}"]
-        cfg = load_experiment(path, overrides)
+        cfg = load_experiment(path, RUNTIME + [f"eval.knn_every={epochs}", f"train.seed={seed}"])
         result = train(cfg, MemoryReporter(), workdir=tmp_path / f"seed{seed}", resume=False)
         gains.append(result.history["knn_top1"][-1] - result.final["knn_top1_random_init"])
         collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
