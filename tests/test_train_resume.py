@@ -1,54 +1,104 @@
 """Exact resume: a run interrupted mid-epoch and resumed from its epoch checkpoint ends bit-identical
-to an uninterrupted run at the same thread count, and the resumed part logs only later epochs."""
+to an uninterrupted run at the same thread count, and the resumed part logs only later epochs; also for a
+trial interrupted before safe loading, once its checkpoints are converted by ``dinolab checkpoints upgrade``."""
 
+import random
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
+from conftest import TINY
+from dinolab.cli import main
 from dinolab.config import load_experiment
 from dinolab.track.reporter import MemoryReporter
 from dinolab.train import checkpoint as ckpt
 from dinolab.train.loop import InjectedFault, train
 
+REPO = Path(__file__).resolve().parents[1]
 
-@pytest.fixture
-def cfg(repo_root, tiny_overrides):
+
+@pytest.fixture(scope="module")
+def cfg():
     # ema teacher, multi-crop, drop path on: every source of randomness is exercised.
-    return load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides + ["train.epochs=3", "eval.linear=false"])
+    return load_experiment(REPO / "experiments/demo.yaml", TINY + ["train.epochs=3", "eval.linear=false"])
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(cfg, tmp_path):
-    full = MemoryReporter()
-    train(cfg, full, workdir=tmp_path / "full")
+@pytest.fixture(scope="module")
+def full(cfg, tmp_path_factory):
+    """The uninterrupted run, trained once for this module: (its folder, its reporter)."""
+    workdir = tmp_path_factory.mktemp("full")
+    reporter = MemoryReporter()
+    train(cfg, reporter, workdir=workdir)
+    return workdir, reporter
 
-    # Fault in epoch 1 (global step 3 of 2 steps/epoch), after epoch 0's checkpoint exists.
+
+def _interrupt(cfg, workdir):
+    """Fault in epoch 1 (global step 3 of 2 steps/epoch), after epoch 0's checkpoint exists; the faulty config."""
     faulty = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fail_at_step": 3})})
     first = MemoryReporter()
     with pytest.raises(InjectedFault):
-        train(faulty, first, workdir=tmp_path / "resumed")
-    assert [e for e, _ in ckpt.list_checkpoints(tmp_path / "resumed")] == [0]
+        train(faulty, first, workdir=workdir)
+    assert [e for e, _ in ckpt.list_checkpoints(workdir)] == [0]
     assert first.steps() == [0]
+    return faulty
 
+
+def _resume_and_compare(faulty, workdir, full):
+    full_dir, full_reporter = full
     second = MemoryReporter()
-    result = train(faulty, second, workdir=tmp_path / "resumed")
+    result = train(faulty, second, workdir=workdir)
     assert result.start_epoch == 1
     assert second.steps() == [1, 2]  # only the epochs after the checkpoint are logged
 
-    a = torch.load(tmp_path / "full/final/teacher_backbone.pt")
-    b = torch.load(tmp_path / "resumed/final/teacher_backbone.pt")
+    a = torch.load(full_dir / "final/teacher_backbone.pt")
+    b = torch.load(workdir / "final/teacher_backbone.pt")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    sa = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "full"))
-    sb = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "resumed"))
+    sa = ckpt.load_checkpoint(ckpt.latest_checkpoint(full_dir))
+    sb = ckpt.load_checkpoint(ckpt.latest_checkpoint(workdir))
     for k in sa["student"]:
         assert torch.equal(sa["student"][k], sb["student"][k]), k
     assert torch.equal(sa["criterion"]["center"], sb["criterion"]["center"])
     # The logged curves agree epoch by epoch.
-    assert full.history("loss")[1:] == second.history("loss")
+    assert full_reporter.history("loss")[1:] == second.history("loss")
 
 
-def test_checkpoints_are_kept_to_the_last_n(cfg, tmp_path):
-    keep2 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"keep_checkpoints": 2})})
-    train(keep2, MemoryReporter(), workdir=tmp_path)
-    assert [e for e, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
-    assert (tmp_path / "final/teacher_backbone.pt").exists()
+def test_interrupted_and_resumed_run_is_bit_identical(cfg, full, tmp_path):
+    faulty = _interrupt(cfg, tmp_path / "resumed")
+    _resume_and_compare(faulty, tmp_path / "resumed", full)
+
+
+def _rng_state_before_safe_loading() -> dict:
+    """What ``checkpoint.rng_state`` returned before safe loading: numpy's own state tuple (a uint32 array)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def test_checkpoint_from_before_safe_loading_resumes_after_upgrade(cfg, full, tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "storage/trials/abc"
+    with monkeypatch.context() as m:  # the interrupted trial is written the way dinolab wrote it before
+        m.setattr(ckpt, "rng_state", _rng_state_before_safe_loading)
+        faulty = _interrupt(cfg, workdir)
+    old = ckpt.latest_checkpoint(workdir)
+    with pytest.raises(ckpt.UnsafeCheckpoint, match="checkpoints upgrade"):
+        ckpt.load_checkpoint(old)
+    before = old.read_bytes()
+
+    assert main(["checkpoints", "upgrade", str(tmp_path / "storage"), "--dry-run"]) == 0
+    assert f"would convert {old}" in capsys.readouterr().out
+    assert old.read_bytes() == before  # a dry run writes nothing
+    assert main(["checkpoints", "upgrade", str(tmp_path / "storage")]) == 0
+    assert f"converted     {old}" in capsys.readouterr().out
+    assert isinstance(ckpt.load_checkpoint(old)["rng"]["numpy"]["key"], list)
+    assert main(["checkpoints", "upgrade", str(workdir)]) == 0
+    assert f"already safe  {old}" in capsys.readouterr().out
+
+    _resume_and_compare(faulty, workdir, full)
+
+
+def test_checkpoints_are_kept_to_the_last_n(cfg, full):
+    assert cfg.train.keep_checkpoints == 2  # the uninterrupted run kept the default 2
+    assert [e for e, _ in ckpt.list_checkpoints(full[0])] == [1, 2]
+    assert (full[0] / "final/teacher_backbone.pt").exists()

@@ -1,4 +1,4 @@
-"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, bench.
+"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, checkpoints, bench.
 
 Bad input (a wrong key, a missing path, an impossible combination) ends the command with one
 line on stderr naming the key and what is allowed, exit code 2, before anything is written.
@@ -92,6 +92,17 @@ def cmd_backfill(args) -> int:
     return 0
 
 
+def cmd_checkpoints_upgrade(args) -> int:
+    from dinolab.train.upgrade import upgrade_checkpoints
+
+    outcomes = upgrade_checkpoints(Path(args.folder), dry_run=args.dry_run)
+    for o in outcomes:
+        print(f"{o.action:<13} {o.path}" + (f": {o.reason}" if o.reason else ""))
+    counts = {a: sum(o.action == a for o in outcomes) for a in ("converted", "would convert", "already safe", "refused")}
+    print(", ".join(f"{n} {a}" for a, n in counts.items() if n))
+    return 1 if counts["refused"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -134,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="backbone.pt")
     e.add_argument("--tracking-uri")
     e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("checkpoints", help="maintain trial checkpoints").add_subparsers(dest="action", required=True)
+    cu = c.add_parser("upgrade", help="convert checkpoints written before safe loading so they load with weights_only=True")
+    cu.add_argument("folder", help="a storage root, a trial folder or its checkpoints/ (searched recursively)")
+    cu.add_argument("--dry-run", action="store_true", help="say what would be converted; write nothing")
+    cu.set_defaults(func=cmd_checkpoints_upgrade)
 
     b = sub.add_parser("bench", help="the benchmark figures: a table, bench/results/<machine>.json and BENCHMARKS.md")
     b.add_argument("--only", nargs="+", metavar="NAME", help="run only these figures: gemm_fp32 gemm_bf16 step_vit_tiny4 "

@@ -153,6 +153,7 @@ def run_trial(
     """
     from dinolab.data.datasets import check_data
     from dinolab.track.mlflow_store import MLflowReporter, client_for, end_run, get_or_create_experiment, reopen_run, start_run
+    from dinolab.train.checkpoint import UnsafeCheckpoint
     from dinolab.train.loop import NonFiniteLoss, TrainingCancelled, train
 
     check_data(cfg.data)  # bad data stops here, before anything is written to MLflow
@@ -206,6 +207,8 @@ def run_trial(
         return _close(client, reporter, workdir, tid, run_id, "FAILED", f"non-finite loss: {e}")
     except TrainingCancelled as e:
         return _close(client, reporter, workdir, tid, run_id, "KILLED", str(e))
+    except UnsafeCheckpoint as e:  # a retry would refuse it again: FAILED, not re-raised
+        return _close(client, reporter, workdir, tid, run_id, "FAILED", str(e))
     except BaseException as e:  # noqa: BLE001 - recorded, then re-raised or returned
         outcome = _close(client, reporter, workdir, tid, run_id, "FAILED", f"{type(e).__name__}: {e}")
         if raise_errors or not isinstance(e, Exception):

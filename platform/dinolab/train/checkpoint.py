@@ -6,11 +6,17 @@ Layout of ``<trial dir>``:
   final/teacher_backbone.pt   the trained weights a user loads (``dinolab export``)
   final/student_backbone.pt
 Writes are atomic (temporary file + rename), so a kill mid-write never leaves a torn checkpoint.
+
+A checkpoint holds only tensors and plain Python types (numpy's RNG state too, see ``numpy_rng_plain``), and is
+read with ``torch.load(weights_only=True)``: a file holding anything else is refused (``UnsafeCheckpoint``)
+before any of it runs. Files written before that rule are converted once by ``dinolab checkpoints upgrade``
+(``train/upgrade.py``).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -33,8 +39,20 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class UnsafeCheckpoint(Exception):
+    """A checkpoint that does not load with ``weights_only=True``; nothing in it was run."""
+
+
+def numpy_rng_plain(legacy: tuple) -> dict:
+    """numpy's legacy state ('MT19937', key uint32 (624,), pos, has_gauss, cached_gaussian) as plain types."""
+    name, key, pos, has_gauss, cached_gaussian = legacy
+    return {"bit_generator": str(name), "key": [int(k) for k in key], "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state: python's (a tuple of ints), numpy's (plain types), torch's and CUDA's (uint8 tensors)."""
+    state = {"python": random.getstate(), "numpy": numpy_rng_plain(np.random.get_state()), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -42,7 +60,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -75,5 +94,17 @@ def save_epoch_checkpoint(workdir: Path, epoch: int, state: dict, keep: int) -> 
 
 
 def load_checkpoint(path: Path) -> dict:
-    # weights_only=False: our own files hold RNG states and numpy arrays; never load untrusted checkpoints.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """The state saved at ``path``, read with ``weights_only=True``; ``UnsafeCheckpoint`` (one line) if it holds more."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpoint(f"checkpoint {path} refused: {refusal_reason(e)}; nothing in it was run. A checkpoint "
+                               f"dinolab wrote before safe loading is converted once with "
+                               f"`dinolab checkpoints upgrade {Path(path).parent}`") from None
+
+
+def refusal_reason(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only error that says what was refused (its message is a paragraph)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = [line for line in lines if not line.startswith(("Weights only load failed", "Please file", "Check the documentation"))]
+    return (detail[-1] if detail else lines[0] if lines else "not loadable with weights_only=True").rstrip(".")
