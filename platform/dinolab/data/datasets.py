@@ -12,8 +12,9 @@ Layouts under ``data.root``:
 - ``cifar10`` / ``cifar100``: torchvision's python-pickle release, ``cifar-10-batches-py/`` or
   ``cifar-100-python/`` inside ``data.root`` (``data.root`` may also be that folder itself). The pickles
   are read here rather than by ``torchvision.datasets.CIFAR10`` because torchvision insists on the
-  official files' MD5 sums, which would refuse a re-packed or partial copy. Like torchvision, this
-  unpickles the files: point data.root only at data you trust.
+  official files' MD5 sums, which would refuse a re-packed or partial copy. Unlike torchvision, the
+  files go through a restricted unpickler (``cifar_pickle``): a file holding anything but the format's
+  dicts, lists, strings, numbers and number arrays is refused (ConfigError naming it) and nothing of it runs.
 
 ``data.train_limit = N`` keeps a fixed subset of N train images, drawn with ``SUBSET_SEED`` (not the
 trial's seed, so every trial of a grid sees the same images).
@@ -25,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,6 +36,7 @@ from torchvision.datasets import ImageFolder
 
 from ..config.loader import ConfigError
 from ..config.schema import DataConfig
+from .cifar_pickle import RefusedPickle, load_cifar_pickle
 from .synthetic import GENERATOR_VERSION, SyntheticShapes
 
 log = logging.getLogger(__name__)
@@ -122,9 +123,13 @@ class CifarPickles(Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+def _unpickle(path: Path) -> Any:
+    """A CIFAR file's content; ConfigError naming the file if it holds more than the format does."""
+    try:
+        return load_cifar_pickle(path)
+    except RefusedPickle as e:
+        raise ConfigError(f"data.root: {path} refused: it pickles {e}, which is not part of the CIFAR format; nothing of "
+                          "it was run (allowed: dicts, lists, str, bytes, int, arrays of numbers)") from None
 
 
 class LimitedDataset(Dataset):
@@ -295,6 +300,8 @@ def check_data(data_cfg: DataConfig) -> None:
             try:
                 entry = _unpickle(folder / fname)
                 why = None if isinstance(entry, dict) and all(k in entry for k in keys) else f"no {' / '.join(keys)} entries"
+            except ConfigError:  # refused by the restricted unpickler: its own message names the file
+                raise
             except Exception as e:  # unpickling garbage raises many types
                 why = type(e).__name__
             if why is not None:
