@@ -420,3 +420,47 @@ def test_grid_validates_against_the_given_paper_tables(grid_dir, tmp_path):
     grid = expand_grid(write_grid(grid_dir, body), paper_tables=load_paper_tables(custom))
     assert grid.paper_table == "mine" and grid.rows[0].paper == {"score": 1.0} and grid.rows[0].paper_row == 1
     assert "paper_table" in error_of(expand_grid, write_grid(grid_dir, body, name="h.yaml"))  # not in the real file
+
+
+# ------------------------------------------------------------------------------------------- extends
+
+
+def test_extends_replaces_keys_merges_set_and_changes_rows_by_name(grid_dir, tmp_path):
+    write_grid(grid_dir, "seeds: [0, 1]\nset: {train.epochs: 3, data.root: here}\n" + ROWS, name="parent.yaml")
+    (tmp_path / "twin").mkdir()
+    body = """\
+    extends: ../ablations/parent.yaml
+    seeds: [5]
+    set: {train.epochs: 1, train.warmup_epochs: 0}
+    row_changes:
+      A: {name: A2, set: {model.patch_size: 8}, labels: {x: 1}}
+      C: {drop: true}
+    """
+    grid = expand_grid(write_grid(tmp_path / "twin", body, base=""))
+    assert grid.name == "g" and grid.seeds == [5]  # the name is the file's own; seeds replaced
+    assert [r.name for r in grid.rows] == ["A2", "B"] and grid.default_row.name == "B"
+    a2 = grid.trials_of("A2")[0].config
+    assert (a2.model.patch_size, a2.dino.teacher, a2.train.epochs, a2.train.warmup_epochs) == (8, "ema", 1, 0)
+    assert grid.rows[0].labels == {"x": 1}
+    assert a2.data.root == str((grid_dir / "here").resolve())  # relative to the file that set it
+    assert grid.base == (grid_dir.parent / "experiments" / "base.yaml").resolve()
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("extends: parent.yaml\nrow_changes: {Z: {drop: true}}\n", ["row_changes", "unknown row of the extended grid 'Z'"]),
+        ("extends: parent.yaml\nrow_changes: {A: {sett: {}}}\n", ["row 'A'", "unknown key 'sett'", "did you mean set?"]),
+        ("extends: parent.yaml\nrow_changes: {A: {drop: maybe}}\n", ["row 'A': drop", "true or false"]),
+        ("extends: nope.yaml\n", ["extends:", "nope.yaml", "not found"]),
+        ("extends: g.yaml\n", ["extends: forms a cycle"]),
+        ("row_changes: {A: {drop: true}}\n" + ROWS, ["row_changes", "extends:"]),
+    ],
+)
+def test_extends_errors_are_one_line(grid_dir, body, words):
+    write_grid(grid_dir, ROWS, name="parent.yaml")
+    path = write_grid(grid_dir, body, base="")
+    msg = error_of(expand_grid, path)
+    assert str(path) in msg
+    for word in words:
+        assert word in msg, f"{word!r} not in {msg!r}"

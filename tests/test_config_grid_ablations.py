@@ -1,4 +1,4 @@
-"""Every ablation file and experiment loads and expands; the paper values in them are the paper's.
+"""Every ablation file and experiment loads and expands; every paper row they name is in the paper tables.
 
 Expansion must not need the data: the ImageNet / CIFAR bases point at folders absent here.
 """
@@ -16,6 +16,7 @@ ROOT = Path(__file__).parents[1]
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
 SHARED_TABLES = Path(__file__).parents[2] / "shared" / "reference" / "paper_tables.yaml"
+PACKAGED_TABLES = ROOT / "platform" / "dinolab" / "config" / "paper_tables.yaml"
 
 _GRIDS: dict = {}
 
@@ -40,10 +41,24 @@ def raw_of(path: Path) -> dict:
     return yaml.safe_load(_raw_text(path))
 
 
+def merged_raw_of(path: Path) -> dict:
+    """The raw file with the file it ``extends:`` under it: its keys replace, its row_changes rename, drop or
+    change reference_only (only what the counts below read; written apart from dinolab.config.grid)."""
+    raw = raw_of(path)
+    if "extends" not in raw:
+        return raw
+    merged = {**merged_raw_of(path.parent / raw["extends"]), **raw}
+    changes = raw.get("row_changes", {})
+    rows = [{**r, **changes.get(r["name"], {})} for r in merged["rows"]]
+    merged["rows"] = [r for r in rows if not r.get("drop", False)]
+    return merged
+
+
 @lru_cache(maxsize=1)
-def shared_tables() -> dict:
-    """The shared file read directly (not through dinolab.config.paper_tables), once."""
-    data = yaml.load(SHARED_TABLES.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+def paper_tables() -> dict:
+    """The shared file (else the package's copy) read directly (not through dinolab.config.paper_tables), once."""
+    path = SHARED_TABLES if SHARED_TABLES.is_file() else PACKAGED_TABLES
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return {t["id"]: t for t in data["tables"]}
 
 
@@ -65,9 +80,9 @@ def test_experiment_loads(path):
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
 def test_ablation_expands(path):
     grid = grid_of(path)
-    raw = raw_of(path)
+    raw = merged_raw_of(path)
 
-    # Counted from the raw file, independently of the expansion code.
+    # Counted from the raw files, independently of the expansion code.
     seeds = raw.get("seeds", [0])
     if "rows" in raw:
         runnable = [r for r in raw["rows"] if not r.get("reference_only", False)]
@@ -118,32 +133,31 @@ def test_demo_grid_runs_on_the_embedded_data_with_ids():
 
 @pytest.mark.parametrize("path", [p for p in ABLATIONS if p.stem.endswith("_cifar")], ids=lambda p: p.name)
 def test_cifar_version_has_the_same_rows_as_its_table(path):
-    full, small = raw_of(path.with_name(path.stem[: -len("_cifar")] + ".yaml")), raw_of(path)
-    assert small["base"] == "../experiments/cifar10_vit_tiny.yaml"
-    assert small["paper_table"] == full["paper_table"]
-    pick = lambda raw: [(r.get("paper_row"), r.get("paper"), r.get("reference_only", False)) for r in raw["rows"]]  # noqa: E731
+    twin = path.with_name(path.stem[: -len("_cifar")] + ".yaml")
+    assert raw_of(path)["extends"] == twin.name  # a delta over its ImageNet twin, not a copy
+    full, small = grid_of(twin), grid_of(path)
+    assert small.base == (ROOT / "experiments" / "cifar10_vit_tiny.yaml").resolve()
+    assert small.paper_table == full.paper_table
+    pick = lambda grid: [(r.paper_row, r.paper, r.reference_only) for r in grid.rows]  # noqa: E731
     assert pick(small) == pick(full)
-    for t in grid_of(path).trials:
+    for t in small.trials:
         assert t.config.data.name == "imagefolder" and t.config.crops.global_size <= 70
 
 
-def _paper_rows():
-    for path in ABLATIONS:
-        raw = raw_of(path)
-        for row in raw.get("rows", []):
-            if row.get("paper"):
-                yield pytest.param(path, raw["paper_table"], row, id=f"{path.stem}:{row['name']}")
-
-
-@pytest.mark.parametrize("path, table_id, row", list(_paper_rows()))
-def test_paper_values_are_the_papers(path, table_id, row):
-    """Each row's paper values equal the cell of shared/reference/paper_tables.yaml at (paper_row, column)."""
-    if not SHARED_TABLES.is_file():
-        pytest.skip("../shared/reference/paper_tables.yaml is not present")
-    table = shared_tables()[table_id]
-    cells = table["rows"][row["paper_row"] - 1]
-    for column, value in row["paper"].items():
-        assert cells[table["columns"].index(column)] == value, f"{path.name} row {row['name']!r} paper.{column}"
+@pytest.mark.parametrize("path", [p for p in ABLATIONS if merged_raw_of(p).get("paper_table")], ids=lambda p: p.name)
+def test_paper_rows_and_columns_exist_in_the_paper_tables(path):
+    """Every paper_row is a row, every column's paper name a column, of the grid's table in paper_tables.yaml (the
+    numbers come from there: rows carry no copies); a row's own ``paper`` values, where given, equal the table's."""
+    raw = merged_raw_of(path)
+    table = paper_tables()[raw["paper_table"]]
+    for column in raw["columns"]:
+        assert column.get("paper") is None or column["paper"] in table["columns"], column
+    for row in raw["rows"]:
+        assert "paper_row" in row, f"{path.name} row {row['name']!r} names no paper_row"
+        assert 1 <= row["paper_row"] <= len(table["rows"]), f"{path.name} row {row['name']!r}"
+        cells = table["rows"][row["paper_row"] - 1]
+        for column, value in row.get("paper", {}).items():
+            assert cells[table["columns"].index(column)] == value, f"{path.name} row {row['name']!r} paper.{column}"
 
 
 # Shrinks any trial to a CPU smoke run: embedded data, one step, a narrow head, no probe. Architecture,

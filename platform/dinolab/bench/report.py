@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from dinolab.config.gridfile import Column
+
 from .context import BenchContext
 from .record import Record, summary
 
@@ -39,14 +41,6 @@ BASELINE = "mlflow.search_runs (baseline)"
 
 # The grid interface the report reads (dinolab.config.grid.Grid), filled directly: expanding 10,000
 # validated configs would time the config layer, not the report.
-@dataclass
-class Column:
-    metric: str
-    label: str
-    agg: str = "final"
-    paper: str | None = None
-
-
 @dataclass
 class Row:
     name: str
@@ -83,8 +77,9 @@ def make_grids(n_runs: int) -> list[Grid]:
     for g in range(N_GRIDS):
         rows = [Row(f"row{r}", {"dino.momentum": 0.9 + r / 100}, default=r == 0, paper={"knn": 70.0 - r}) for r in range(N_ROWS)]
         trials = [Trial(f"row{r}", s, f"g{g:02d}r{r:02d}s{s:04d}", f"h{g:02d}{r:02d}{s:04d}") for r in range(N_ROWS) for s in seeds]
-        cols = [Column("knn_top1", "k-NN", "final", "knn"), Column("linear_top1", "Linear", "final", "linear"),
-                Column("knn_top1", "k-NN best", "best")]
+        cols = [Column(metric="knn_top1", label="k-NN", paper="knn"),
+                Column(metric="linear_top1", label="Linear", paper="linear"),
+                Column(metric="knn_top1", label="k-NN best", agg="best")]
         grids.append(Grid(f"bench_grid_{g:02d}", rows, trials, cols, seeds))
     return grids
 

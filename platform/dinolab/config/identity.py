@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .keys import schema_field
 from .schema import ExperimentConfig
 
 # Bump when a code change alters results, so trial ids (and dedup) see the change.
@@ -59,15 +60,8 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def is_runtime_key(dotted: str) -> bool:
-    """Whether a dotted key (``data.root``) names a runtime field."""
-    model: type[BaseModel] = ExperimentConfig
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        field = model.model_fields[part]
-        if i == len(parts) - 1:
-            return _is_runtime(field)
-        model = field.annotation  # type: ignore[assignment]
-    return False
+    """Whether a dotted key (``data.root``) names a runtime field; ConfigError when it names no field."""
+    return _is_runtime(schema_field(dotted))
 
 
 def config_hash(cfg: ExperimentConfig) -> str:

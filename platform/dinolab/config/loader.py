@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from .schema import ExperimentConfig
 
@@ -60,16 +60,21 @@ def deep_merge(base: Mapping, delta: Mapping) -> dict:
     return out
 
 
+def absolute_path(value: Any, relative_to: Path) -> Any:
+    """A path field's value with ``$VARS`` and ``~`` expanded, made absolute against ``relative_to`` (the folder
+    of the file that set it, or the current directory for the command line); other values as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(os.path.expandvars(value)).expanduser()
+    return str((p if p.is_absolute() else relative_to / p).resolve())
+
+
 def _absolutize_paths(data: dict, relative_to: Path) -> None:
-    """Expand ``~`` and make path fields absolute against the folder of the YAML that set them."""
+    """Make the path fields of one experiment file absolute against its folder."""
     for dotted in PATH_FIELDS:
         section, key = dotted.split(".")
-        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
-        if isinstance(value, str) and value:
-            p = Path(os.path.expandvars(value)).expanduser()
-            if not p.is_absolute():
-                p = relative_to / p
-            data[section][key] = str(p.resolve())
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section][key] = absolute_path(data[section][key], relative_to)
 
 
 def load_layers(path: str | os.PathLike, _seen: Optional[set] = None) -> dict:
@@ -118,21 +123,8 @@ def apply_overrides(data: dict, overrides: Iterable[str | tuple[str, Any]], cwd:
             if not isinstance(node.get(part, {}), dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
-        if key in PATH_FIELDS and isinstance(value, str) and value:
-            p = Path(os.path.expandvars(value)).expanduser()
-            node[parts[-1]] = str((p if p.is_absolute() else (cwd or Path.cwd()) / p).resolve())
+        node[parts[-1]] = absolute_path(value, cwd or Path.cwd()) if key in PATH_FIELDS else value
     return data
-
-
-def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys at a location of the schema, for 'did you mean' hints."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -141,7 +133,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     loc = tuple(str(p) for p in first["loc"])
     key = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
-        valid = _field_names(ExperimentConfig, loc)
+        from .keys import section
+
+        valid = list(getattr(section(loc[:-1]), "model_fields", ()))
         close = difflib.get_close_matches(loc[-1], valid, n=1)
         hint = f"; did you mean {'.'.join(loc[:-1] + (close[0],))}?" if close else ""
         return f"{source}: unknown key {key}{hint} (valid here: {', '.join(valid)})"

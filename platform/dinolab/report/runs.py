@@ -305,22 +305,15 @@ def run_records(runs: pd.DataFrame, run_ids) -> dict[str, dict]:
 @functools.lru_cache(maxsize=None)
 def _adapter(dotted: str):
     """pydantic TypeAdapter of the schema field named by a dotted key, or None if there is none."""
-    from pydantic import BaseModel, TypeAdapter
+    from pydantic import TypeAdapter
 
-    from dinolab.config import ExperimentConfig
+    from dinolab.config import ConfigError
+    from dinolab.config.keys import schema_field
 
-    model: type[BaseModel] = ExperimentConfig
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        if i == len(parts) - 1:
-            return TypeAdapter(field.annotation)
-        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
-    return None
+    try:
+        return TypeAdapter(schema_field(dotted).annotation)
+    except ConfigError:
+        return None
 
 
 @functools.lru_cache(maxsize=65536)

@@ -27,11 +27,12 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from dinolab.config.gridfile import Column, parse_agg
+
 from .runs import current_run_ids, run_records
 
 log = logging.getLogger(__name__)
 
-AGGS = ("final", "best", "last<k>")
 COST_METRICS = ("throughput_images_per_s", "wall_time_s", "cpu_hours", "gpu_hours", "peak_rss_mb", "cuda_peak_mb")
 TAG_PREFIXES = ("dinolab.",)
 TAG_KEYS = ("runtime.data.root", "mlflow.loggedImages", "mlflow.runName")
@@ -68,14 +69,6 @@ class Stat:
         mean = sum(vals) / len(vals)
         std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
         return cls(mean, std, len(vals), vals)
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    metric: str
-    label: str
-    agg: str = "final"
-    paper: Optional[str] = None
 
 
 @dataclass
@@ -141,7 +134,7 @@ class Summary:
 @dataclass
 class Table:
     grid: str
-    columns: list[ColumnSpec]
+    columns: list[Column]
     rows: list[Row]
     summary: Summary
     label_columns: list[str] = field(default_factory=list)
@@ -169,16 +162,6 @@ class Table:
 
 
 # ---------------------------------------------------------------- metric keys
-
-
-def parse_agg(agg: str) -> tuple[str, int]:
-    """``final`` -> ("final", 0), ``best`` -> ("best", 0), ``last3`` -> ("last", 3)."""
-    if agg in ("final", "best"):
-        return agg, 0
-    m = re.fullmatch(r"last(\d+)", agg or "")
-    if m and int(m.group(1)) > 0:
-        return "last", int(m.group(1))
-    raise ValueError(f"column agg must be one of {', '.join(AGGS)} (e.g. last3), got {agg!r}")
 
 
 def metric_keys(metric: str, agg: str) -> list[str]:
@@ -213,16 +196,9 @@ def metric_value(run: Mapping, metric: str, agg: str) -> Optional[float]:
     return _num(run.get(f"metrics.{plain}"))
 
 
-def columns_of(grid) -> list[ColumnSpec]:
-    cols = list(getattr(grid, "columns", None) or [])
-    if not cols:
-        return [ColumnSpec("knn_top1", "k-NN", "final", "knn")]
-    out = []
-    for c in cols:
-        agg = getattr(c, "agg", None) or "final"
-        parse_agg(agg)
-        out.append(ColumnSpec(c.metric, getattr(c, "label", None) or c.metric, agg, getattr(c, "paper", None)))
-    return out
+def columns_of(grid) -> list[Column]:
+    """The grid's columns (validated when made), or the k-NN column against the paper's ``knn``."""
+    return list(getattr(grid, "columns", None) or [Column(metric="knn_top1", label="k-NN", paper="knn")])
 
 
 def setup_params(short: str) -> tuple[str, ...]:
@@ -294,7 +270,7 @@ def _row_name(x) -> str:
     return str(getattr(x, "name", x))
 
 
-def paper_value(grid_row, column: ColumnSpec, paper_table=None) -> Optional[float]:
+def paper_value(grid_row, column: Column, paper_table=None) -> Optional[float]:
     """The paper's value of a row for a column: ``row.paper[column.paper]`` when the row gives it (null
     included), else the grid's paper table at ``row.paper_row`` (1-based), column ``column.paper``."""
     if not column.paper:
@@ -358,7 +334,7 @@ def setup_key(short: str) -> Optional[str]:
         return key
     try:
         return None if is_runtime_key(key) else key
-    except (KeyError, AttributeError):
+    except ValueError:  # ConfigError: no such field
         return None
 
 
@@ -454,7 +430,7 @@ def agreement(effect: Optional[Stat], paper_effect: Optional[float]) -> Optional
     return "agree" if (effect.mean > 0) == (paper_effect > 0) else "disagree"
 
 
-def _cell(row_name: str, spec: ColumnSpec, states: list[TrialState], runs: Mapping[str, Mapping]) -> Cell:
+def _cell(row_name: str, spec: Column, states: list[TrialState], runs: Mapping[str, Mapping]) -> Cell:
     per_seed, counts, reasons, collapsed = {}, {}, [], False
     for st in states:
         counts[st.status] = counts.get(st.status, 0) + 1
