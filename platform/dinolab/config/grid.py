@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from .gridfile import NAME_MUST, NAME_PATTERN, SEED_KEY, Column, GridFile, GridRow, absolute_overrides, format_overrides, read_grid
+from .gridfile import (
+    NAME_MUST, NAME_PATTERN, SEED_KEY, Column, GridFile, GridRow, absolute_overrides, format_overrides, read_grid,
+)
 from .identity import config_hash as compute_config_hash
 from .identity import trial_id as compute_trial_id
 from .keys import schema_field, unknown

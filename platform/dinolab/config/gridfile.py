@@ -88,6 +88,7 @@ def _dotted(value: Any, prefix: str = "") -> Any:
 
 
 Dotted = Annotated[dict[str, Any], BeforeValidator(_dotted)]
+Seeds = Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(lambda v: [v] if type(v) is int else v)]  # 3 = [3]
 SET_MUST = "must be a mapping of dotted keys to values, e.g. {{train.epochs: 20}}"
 BOOL_MUST = "must be true or false, got {input!r}"
 
@@ -168,6 +169,8 @@ class RowChange(GridRow):
 
 
 class Axes(_Part):
+    """Rows generated from lists of values: every combination (product) or the lists taken together (zip)."""
+
     mode: Literal["product", "zip"] = must("product", "{input!r} is not allowed; expected one of product, zip")
     values: Dotted = must({}, SET_MUST, validate_default=True)
 
@@ -206,8 +209,7 @@ class GridFile(_Part):
                                      "e.g. base: ../experiments/demo.yaml", min_length=1)
     paper_table: Optional[str] = must(None, "must be a table id of paper_tables.yaml")
     paper_setup: dict[str, Any] = must({}, "must be a mapping, e.g. {{data: imagenet, epochs: 300}}")
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(lambda v: [v] if type(v) is int else v)] = must(
-        [0], "must be a non-empty list of integers >= 0, e.g. [0, 1, 2]", min_length=1)
+    seeds: Seeds = must([0], "must be a non-empty list of integers >= 0, e.g. [0, 1, 2]", min_length=1)
     set: Dotted = must({}, SET_MUST)
     resources: dict[str, Any] = must({}, "must be a mapping, e.g. {{workers: 1, gpus_per_worker: 1}}")
     columns: list[Column] = must(DEFAULT_COLUMNS, "must be a non-empty list of {{metric, label, agg, paper}}",
