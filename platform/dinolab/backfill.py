@@ -64,8 +64,14 @@ def backfill_grid(path: str, metric: str = "attention", tracking_uri: Optional[s
 
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: backfillable metrics are {', '.join(METRICS)}")
+    from dinolab.sweep.store import store_exists
+    from dinolab.track.check import check_tracking, uri_source
+
     grid = load_grid(path, overrides)
-    client = open_client(resolve_tracking_uri(tracking_uri))
+    uri = check_tracking(resolve_tracking_uri(tracking_uri), uri_source(tracking_uri))
+    if not store_exists(uri):
+        return {}  # no store, so no finished run (and opening it would create one)
+    client = open_client(uri)
     ids = [t.trial_id for t in grid.trials]
     done = {}
     for tid, records in trial_runs(client, ids).items():

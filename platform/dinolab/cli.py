@@ -29,11 +29,15 @@ def cmd_run(args) -> int:
     from dinolab.trial import run_trial
 
     cfg = load_experiment(args.experiment, args.set)
-    from dinolab.data.datasets import check_data
+    from dinolab.config.checks import check_device_here
+    from dinolab.data.datasets import check_training_data
+    from dinolab.home import home_label, writable_folder
+    from dinolab.track.check import check_tracking, uri_source
 
-    check_data(cfg.data)
-    storage = Path(args.storage).expanduser().resolve() if args.storage else default_storage()
-    uri = resolve_tracking_uri(cfg.tracking.uri)
+    check_device_here(cfg.train.device)
+    check_training_data(cfg)
+    storage = writable_folder(args.storage or default_storage(), "--storage" if args.storage else home_label())
+    uri = check_tracking(resolve_tracking_uri(cfg.tracking.uri), uri_source(None, cfg.tracking.uri), write=True)
     _print_home(uri, storage)
     outcome = run_trial(cfg, storage=storage, fresh=args.fresh)
     print(f"run {outcome.run_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
@@ -60,7 +64,7 @@ def cmd_export(args) -> int:
     from dinolab.export import export_weights
 
     out = export_weights(args.run, Path(args.out), tracking_uri=args.tracking_uri)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.config.yaml')}")
     return 0
 
 
@@ -103,8 +107,21 @@ def cmd_checkpoints_upgrade(args) -> int:
     return 1 if counts["refused"] else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text: str, limit: int = 1000) -> str:
+    """A message as one line of at most ``limit`` characters (an error never echoes a pasted blob)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dinolab", description=__doc__.splitlines()[0])
+    p = _Parser(prog="dinolab", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -116,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     u = sub.add_parser("ui", help="the MLflow UI for the dinolab store, on 127.0.0.1")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only); "
+                   "0.0.0.0 or a network address exposes the UI, which has no login, to every machine that reaches this one")
+    u.add_argument("--port", type=int, default=5000, help="TCP port 1-65535 (default 5000)")
     u.add_argument("--backend", help="backend store URI (default: $MLFLOW_TRACKING_URI or the dinolab home's SQLite store)")
     u.set_defaults(func=cmd_ui)
 
@@ -126,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or ~/.pgpass; default $MLFLOW_BACKEND_STORE_URI or the dinolab home's SQLite store)")
     v.add_argument("--artifacts", help="folder or bucket the server keeps artifacts in (default: the dinolab home's mlartifacts)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; see docs/team_scale.md before widening)")
-    v.add_argument("--port", type=int, default=5000)
+    v.add_argument("--port", type=int, default=5000, help="TCP port 1-65535 (default 5000)")
     v.add_argument("--workers", type=int, help="server worker processes (default: MLflow's)")
     v.add_argument("--allowed-hosts", help="Host headers the server answers, comma list (MLflow's DNS-rebinding guard)")
     v.add_argument("--cors-allowed-origins", help="browser origins allowed, comma list")
@@ -142,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a finished run's trained teacher backbone weights")
     e.add_argument("run", help="MLflow run id")
-    e.add_argument("--out", default="backbone.pt")
+    e.add_argument("--out", default="backbone.pt", help="weights file (its config beside it as <name>.config.yaml), "
+                   "or an existing folder (or a path ending in /) to write backbone.pt and backbone.config.yaml into")
     e.add_argument("--tracking-uri")
     e.set_defaults(func=cmd_export)
 
@@ -187,7 +206,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"dinolab: error: {e}", file=sys.stderr)
+        print(f"dinolab: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dinolab: interrupted", file=sys.stderr)

@@ -68,5 +68,29 @@ def default_storage() -> Path:
     return dinolab_home()
 
 
+def home_label() -> str:
+    """How to name the home in an error: the variable when it is set."""
+    return f"$DINOLAB_HOME={os.environ['DINOLAB_HOME']}" if os.environ.get("DINOLAB_HOME") else "~/.dinolab"
+
+
+def writable_folder(path: os.PathLike | str, what: str) -> Path:
+    """``path`` (absolute) if it is, or can be created as, a folder this process may write into; else a
+    one-line ConfigError naming ``what`` (a flag, a key, $DINOLAB_HOME). Creates nothing."""
+    from dinolab.config import ConfigError
+
+    path = Path(path).expanduser().resolve()
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise ConfigError(f"{what}: {path} cannot be created: {probe} is a dangling symbolic link")
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what}: {path} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "is not writable" if probe == path else f"cannot be created: {probe} is not writable"
+        raise ConfigError(f"{what}: {path} {verb}")
+    return path
+
+
 def trial_dir(storage: Path, trial_id: str) -> Path:
     return Path(storage).expanduser().resolve() / "trials" / trial_id

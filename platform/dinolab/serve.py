@@ -13,6 +13,7 @@ Credentials never go on a command line: the backend URI is handed to MLflow thro
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -24,10 +25,52 @@ from dinolab.home import default_artifact_root, default_tracking_uri, redact_uri
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def check_port(host: str, port: int) -> None:
+    """ConfigError unless ``port`` is 1-65535 and free on ``host`` (a bind that listens nowhere, released
+    at once; SO_REUSEADDR as servers set it, so only a listening process makes it fail)."""
+    import socket
+
+    from dinolab.config import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a TCP port is 1-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        raise ConfigError(f"--host {host[:100]!r}: not an address of this machine ({getattr(e, 'strerror', None) or e})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--port {port}: already in use on {host} (another server?); pick a free port") from None
+            raise ConfigError(f"--host {host} --port {port}: cannot bind ({e.strerror})") from None
+
+
+def _check_backend(uri: str, flag: str, probe: bool = True) -> None:
+    """A backend store MLflow can open: a known scheme, a SQLite file that is a database or can be created,
+    a database host that answers (``probe``)."""
+    from dinolab.track.check import check_tracking
+
+    check_tracking(uri, flag, write=True, probe=probe)
+
+
+def _backend_label(backend: Optional[str]) -> str:
+    if backend:
+        return "--backend"
+    return "$MLFLOW_BACKEND_STORE_URI" if os.environ.get("MLFLOW_BACKEND_STORE_URI") else _store_label()
+
+
 def ui_command(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> list[str]:
+    from dinolab.config import ConfigError
+
     uri = resolve_tracking_uri(backend)
     if uri.startswith(("http://", "https://")):
-        raise SystemExit(f"dinolab ui: the store is a tracking server already ({redact_uri(uri)}); open it in a browser")
+        raise ConfigError(f"{'--backend' if backend else 'the store'} {redact_uri(uri)} is a tracking server already; "
+                          f"open it in a browser")
+    _check_backend(uri, "--backend" if backend else _store_label())
     return [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
@@ -36,8 +79,19 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str]
     ]
 
 
+def _store_label() -> str:
+    from dinolab.track.check import uri_source
+
+    return uri_source()
+
+
 def serve_ui(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> int:
+    check_port(host, port)
     cmd = ui_command(host, port, backend)
+    artifacts = default_artifact_root()
+    from dinolab.home import home_label, writable_folder
+
+    writable_folder(artifacts, home_label())
     print(f"dinolab: MLflow UI for {redact_uri(cmd[cmd.index('--backend-store-uri') + 1])} at http://{host}:{port}", file=sys.stderr)
     if host not in LOOPBACK:
         print("dinolab: warning: binding beyond loopback; the UI has no login (see docs/team_scale.md)", file=sys.stderr)
@@ -46,10 +100,12 @@ def serve_ui(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] =
 
 def _artifacts_destination(artifacts: Optional[str]) -> str:
     """An absolute local folder (created) or a remote URI (s3://, gs://, ...) kept as is."""
+    from dinolab.home import home_label, writable_folder
+
     if artifacts and "://" in artifacts and not artifacts.startswith("file://"):
         return artifacts
     path = Path(artifacts[len("file://"):] if artifacts and artifacts.startswith("file://") else (artifacts or default_artifact_root()))
-    path = path.expanduser().resolve()
+    path = writable_folder(path, "--artifacts" if artifacts else home_label())
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
 
@@ -104,6 +160,9 @@ def server_command(
         uri = _postgres_driver(uri)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a TCP port is 1-65535")
+    _check_backend(uri, _backend_label(backend), probe=False)  # its form, before the artifact folder is made
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--serve-artifacts", "--artifacts-destination", _artifacts_destination(artifacts),
@@ -125,7 +184,9 @@ def serve_server(backend: Optional[str] = None, artifacts: Optional[str] = None,
                  workers: Optional[int] = None, allowed_hosts: Optional[str] = None,
                  cors_allowed_origins: Optional[str] = None, app_name: Optional[str] = None) -> int:
     """Become ``mlflow server`` (exec: signals reach it directly); returns only if it cannot start."""
+    check_port(host, port)
     cmd, env = server_command(backend, artifacts, host, port, workers, allowed_hosts, cors_allowed_origins, app_name)
+    _check_backend(env["MLFLOW_BACKEND_STORE_URI"], _backend_label(backend))
     shown = redact_uri(env["MLFLOW_BACKEND_STORE_URI"])
     dest = cmd[cmd.index("--artifacts-destination") + 1]
     print(f"dinolab: tracking server for {shown} (artifacts in {dest}) at http://{host}:{port}", file=sys.stderr)

@@ -151,12 +151,15 @@ def run_trial(
     on_epoch_end: called after each epoch's metrics and checkpoint are written (a sweep reports to Ray Tune).
     train_fn: replaces ``dinolab.train.loop.train`` with the same signature (the sweep's multi-worker group).
     """
-    from dinolab.data.datasets import check_data
+    from dinolab.config.checks import check_device_here
+    from dinolab.data.datasets import check_training_data
     from dinolab.track.mlflow_store import MLflowReporter, client_for, end_run, get_or_create_experiment, reopen_run, start_run
     from dinolab.train.checkpoint import UnsafeCheckpoint
     from dinolab.train.loop import NonFiniteLoss, TrainingCancelled, train
 
-    check_data(cfg.data)  # bad data stops here, before anything is written to MLflow
+    # Bad data or a device this machine lacks stops here, before anything is written to MLflow.
+    check_device_here(cfg.train.device)
+    check_training_data(cfg)
     tid, fingerprint = trial_identity(cfg)
     workdir = trial_dir(storage or default_storage(), tid)
     uri = resolve_tracking_uri(tracking_uri or cfg.tracking.uri)

@@ -5,8 +5,13 @@ Each failure is a ``ConfigError`` with one line naming the keys and what is allo
 
 from __future__ import annotations
 
+import functools
+import os
+
 from .loader import ConfigError
 from .schema import ExperimentConfig
+
+GIB = 1024**3
 
 
 def _divisors(n: int) -> list[int]:
@@ -61,3 +66,90 @@ def check_combinations(cfg: ExperimentConfig, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: dino.warmup_teacher_temp_epochs={cfg.dino.warmup_teacher_temp_epochs} exceeds train.epochs={cfg.train.epochs}"
         )
+
+    _check_training_set(cfg, source)
+    _check_memory(cfg, source)
+
+
+def _check_training_set(cfg: ExperimentConfig, source: str) -> None:
+    """The embedded data set's size is known here (other data sets: ``dinolab.data.datasets.check_data``)."""
+    if cfg.data.name == "synthetic":
+        n = min(cfg.data.synthetic_train, cfg.data.train_limit or cfg.data.synthetic_train)
+        check_batch_fits(n, cfg, source)
+
+
+def check_batch_fits(n_train: int, cfg: ExperimentConfig, source: str = "config") -> None:
+    """Every worker needs one full batch (the loader drops the last, incomplete one): ConfigError if not."""
+    workers = cfg.resources.workers
+    per_worker = cfg.train.batch_size // workers
+    if n_train // workers < per_worker:
+        limit = f" (data.train_limit={cfg.data.train_limit})" if cfg.data.train_limit else ""
+        raise ConfigError(f"{source}: train.batch_size={cfg.train.batch_size} needs at least {per_worker * workers} training "
+                          f"images ({per_worker} per worker x {workers} worker(s)); the training set has {n_train}{limit}")
+
+
+def memory_estimate(cfg: ExperimentConfig) -> int:
+    """Bytes one worker needs at least for the networks and their training state (an estimate from below).
+
+    Parameters P: the DINO head(s) (MLP in -> hidden -> ... -> bottleneck, weight-normed bottleneck x out_dim,
+    the optional predictor) and, where model.embed_dim is given, a ViT-like backbone (12 d^2 per block).
+    fp32 bytes: student weights, gradients and two AdamW moments (4 P) plus the teacher (P): 20 P. Plus the
+    logits of the crops of one worker's batch (student and teacher: 2 copies).
+    """
+    d, m = cfg.dino, cfg.model
+    width = m.embed_dim or 384
+    if d.head_layers == 1:
+        mlp = width * d.bottleneck_dim
+    else:
+        mlp = width * d.hidden_dim + (d.head_layers - 2) * d.hidden_dim**2 + d.hidden_dim * d.bottleneck_dim
+    head = mlp + d.bottleneck_dim * d.out_dim + d.out_dim
+    if d.predictor:
+        head += 2 * d.bottleneck_dim * d.hidden_dim
+    heads = 2 if cfg.esvit.region_loss else 1
+    backbone = 12 * m.embed_dim**2 * sum(m.depths or [12]) if m.embed_dim else 0
+    params = heads * head + backbone
+    crops = 2 + cfg.crops.local_number
+    logits = 2 * (cfg.train.batch_size // cfg.resources.workers) * crops * d.out_dim
+    return 4 * (5 * params + logits)
+
+
+@functools.lru_cache(maxsize=1)
+def machine_memory() -> tuple[int, str]:
+    """(bytes, words) of the largest memory a worker on this machine could train in: RAM, or a GPU's."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = max(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+            if gpu > ram:
+                return gpu, f"{gpu / GIB:.0f} GiB of GPU memory"
+    except Exception:  # noqa: BLE001 - no usable CUDA: RAM is the bound
+        pass
+    return ram, f"{ram / GIB:.0f} GiB of memory"
+
+
+def _check_memory(cfg: ExperimentConfig, source: str) -> None:
+    need = memory_estimate(cfg)
+    have, words = machine_memory()
+    if need > have:
+        d = cfg.dino
+        raise ConfigError(
+            f"{source}: dino.out_dim={d.out_dim}, dino.hidden_dim={d.hidden_dim}, dino.bottleneck_dim={d.bottleneck_dim}, "
+            f"model.embed_dim={cfg.model.embed_dim}: the networks and their optimizer state need about "
+            f"{need / GIB:,.0f} GiB, more than this machine's {words}"
+        )
+
+
+def check_device_here(device: str, where: str = "train.device") -> None:
+    """ConfigError if ``device`` (cuda, cuda:N) is not on this machine; called where a trial starts."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{where}={device}: this machine has no CUDA device (use train.device=auto or cpu here)")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{where}={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                          f"cuda:0..cuda:{torch.cuda.device_count() - 1}")

@@ -18,6 +18,7 @@ type or shape is refused with the text of its ``must``, a validator's with its o
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,8 @@ from .loader import PATH_FIELDS, ConfigError, absolute_path, read_yaml
 
 AGGS = ("final", "best", "last<k>")  # last<k>: the mean of the last k epochs' values (trials log last3)
 SEED_KEY = "train.seed"
+# Trials one grid may expand to (rows x seeds), checked before rows are generated; $DINOLAB_MAX_TRIALS raises it.
+MAX_TRIALS = 1000
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # a grid's name is an MLflow tag
 AGG_MUST = "{input!r} is not allowed; expected one of final, best, last3, last<k> (e.g. last5)"
 NAME_MUST = "{input!r} must be letters, digits, '_', '-' or '.' (an MLflow tag name)"
@@ -307,6 +310,25 @@ def _change_rows(rows: list[GridRow], changes: Mapping[str, RowChange], where: s
     return out
 
 
+def max_trials() -> int:
+    """The cap on a grid's trials (rows x seeds): $DINOLAB_MAX_TRIALS, else ``MAX_TRIALS``."""
+    text = os.environ.get("DINOLAB_MAX_TRIALS")
+    if not text:
+        return MAX_TRIALS
+    try:
+        return max(1, int(text))
+    except ValueError:
+        raise ConfigError(f"$DINOLAB_MAX_TRIALS must be a whole number, got {text[:40]!r}") from None
+
+
+def _check_trial_count(n_rows: int, n_seeds: int, where: str) -> None:
+    """Counted before rows are generated or expanded, so an absurd grid is refused at once."""
+    cap = max_trials()
+    if n_rows * n_seeds > cap:
+        raise ConfigError(f"{where}: expands to {n_rows * n_seeds} trials ({n_rows} rows x {n_seeds} seeds), more than "
+                          f"the limit of {cap}; split the grid or raise $DINOLAB_MAX_TRIALS")
+
+
 def read_grid(path: str | os.PathLike, _seen: tuple = ()) -> GridFile:
     """A grid file as a ``GridFile``: validated, ``extends:`` merged, rows generated, paths made absolute."""
     path = Path(path).expanduser().resolve()
@@ -320,6 +342,11 @@ def read_grid(path: str | os.PathLike, _seen: tuple = ()) -> GridFile:
         raise _explain(e, raw, where) from None
     given, folder = spec.model_fields_set, path.parent
     rebase = lambda row: row.model_copy(update={"set": absolute_overrides(row.set, folder)})  # noqa: E731
+    if spec.axes is not None:
+        lengths = [len(v) for v in spec.axes.values.values()]
+        _check_trial_count(lengths[0] if spec.axes.mode == "zip" else math.prod(lengths), len(spec.seeds), where)
+    elif spec.rows is not None:
+        _check_trial_count(len(spec.rows), len(spec.seeds), where)
     rows = spec.axes.rows() if spec.axes is not None else spec.rows
     spec = spec.model_copy(update={
         "base": absolute_path(spec.base, folder), "set": absolute_overrides(spec.set, folder), "axes": None,
@@ -341,7 +368,9 @@ def read_grid(path: str | os.PathLike, _seen: tuple = ()) -> GridFile:
     if "axes" in given:
         update["rows"] = spec.rows
     merged = parent.model_copy(update={**update, "grid": spec.grid, "extends": None, "row_changes": {}})
-    return merged.model_copy(update={"rows": _change_rows(merged.rows or [], spec.row_changes, where)})
+    merged = merged.model_copy(update={"rows": _change_rows(merged.rows or [], spec.row_changes, where)})
+    _check_trial_count(len(merged.rows), len(merged.seeds), where)
+    return merged
 
 
 def _fmt(value: Any) -> str:

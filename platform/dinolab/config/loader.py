@@ -24,6 +24,48 @@ class ConfigError(ValueError):
     """Bad input: the message is one line naming the key and what is allowed."""
 
 
+# Size limits of what a config may hold (documented in the README's bad-input paragraph). Real experiment
+# and ablation files are a few KB with a few hundred values; these stop alias bombs and pasted blobs.
+MAX_YAML_BYTES = 1 << 20  # one YAML file
+MAX_VALUES = 100_000  # values after expanding aliases (a YAML alias bomb expands exponentially)
+MAX_DEPTH = 50  # nesting of mappings / lists
+MAX_STRING = 4096  # characters of one string value (PATH_MAX; a run name, a URI, a path)
+QUOTE_CHARS = 80  # characters of an input value an error message quotes
+
+
+def clip(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages never echo a pasted blob."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def check_size(data: Any, where: str) -> None:
+    """ConfigError (one line) for a value that refers to itself, nests deeper than MAX_DEPTH, expands
+    (aliases counted each time they are used) to more than MAX_VALUES values, or holds a string longer
+    than MAX_STRING. Walks at most MAX_VALUES values, so a bomb is refused in milliseconds."""
+    count = 0
+    stack = [(data, "", 0, ())]
+    while stack:
+        value, key, depth, path_ids = stack.pop()
+        count += 1
+        at = key or "(top level)"
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_VALUES} values once YAML aliases (*name) are expanded; "
+                              f"an experiment or ablation file holds a few hundred")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: {at}: nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise ConfigError(f"{where}: {at}: a {len(value)}-character value; strings are limited to {MAX_STRING}")
+        if isinstance(value, (dict, list)):
+            if id(value) in path_ids:
+                raise ConfigError(f"{where}: {at}: refers to itself (a recursive YAML anchor); values must be finite")
+            ids = path_ids + (id(value),)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                sub = f"{key}.{k}" if isinstance(value, dict) else f"{key}[{k}]"
+                stack.append((v, sub.lstrip(".") if len(sub) <= 200 else sub[:200] + "...", depth + 1, ids))
+
+
 # Fields holding filesystem paths: expanded (~, relative to the YAML that set them) and made absolute.
 PATH_FIELDS = ("data.root",)
 
@@ -33,6 +75,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; YAML files are limited to {MAX_YAML_BYTES} bytes")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.constructor.ConstructorError as e:
@@ -41,11 +86,16 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{path}:{where} invalid YAML ({str(getattr(e, 'problem', e))[:200]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: cannot read ({type(e).__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+    check_size(data, str(path))
     return data
 
 
@@ -100,15 +150,18 @@ def load_layers(path: str | os.PathLike, _seen: Optional[set] = None) -> dict:
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` -> (``a.b``, value parsed as a YAML scalar/list)."""
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set train.epochs=10")
+        raise ConfigError(f"--set {clip(text)}: expected dotted.key=value, e.g. --set train.epochs=10")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if not key or any(not part.isidentifier() for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: the key must be dotted names, e.g. model.patch_size")
+    if not key or len(key) > 200 or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"--set {clip(text)}: the key must be dotted names, e.g. model.patch_size")
+    if len(raw) > MAX_STRING:
+        raise ConfigError(f"--set {key}: a {len(raw)}-character value; values are limited to {MAX_STRING}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from None
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"--set {key}: cannot parse value {clip(raw)}") from None
+    check_size(value, f"--set {key}")
     return key, value
 
 
@@ -141,11 +194,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         return f"{source}: unknown key {key}{hint} (valid here: {', '.join(valid)})"
     if first["type"] == "literal_error":
         expected = first.get("ctx", {}).get("expected", "")
-        return f"{source}: {key} = {first.get('input')!r} is not allowed; expected one of {expected}"
+        return f"{source}: {key} = {clip(first.get('input'))} is not allowed; expected one of {expected}"
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    return f"{source}: {key} = {first.get('input')!r}: {msg}"
+    return f"{source}: {key} = {clip(first.get('input'))}: {msg}"
 
 
 def build_config(data: Mapping, source: str = "config") -> ExperimentConfig:

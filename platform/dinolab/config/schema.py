@@ -13,9 +13,10 @@ section 1) except where noted.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RUNTIME = {"runtime": True}
 # The synthetic generator's limits (dinolab.data.synthetic imports them, so both check the same bounds):
@@ -30,9 +31,10 @@ def runtime(default: Any, description: str, **kw) -> Any:
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, assignments are validated."""
+    """A config section: unknown keys are errors, assignments are validated, floats are finite
+    (no knob gives inf or nan a meaning: ``train.lr=.inf`` would train into a nan loss)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 Scale = tuple[float, float]
@@ -128,10 +130,17 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = runtime(
         "auto", "Autocast on CUDA: auto = bf16 where supported, else fp16. CPU always runs fp32."
     )
-    threads: Optional[int] = runtime(None, "torch threads; None = the CPUs this trial was given.")
+    threads: Optional[int] = runtime(None, "torch threads (1..1024); None = the CPUs this trial was given.", ge=1, le=1024)
     keep_checkpoints: int = runtime(2, "Epoch checkpoints kept besides the final weights.", ge=1)
     progress: bool = runtime(True, "Show a progress bar.")
     fail_at_step: Optional[int] = runtime(None, "Test-only fault injection: raise once at this global step.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,3})?", device):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return device
 
 
 class DataConfig(Section):
@@ -198,10 +207,24 @@ class EvalConfig(Section):
     max_train_images: Optional[int] = Field(None, ge=1, description="Cap on the k-NN / probe training bank (None = all).")
     max_test_images: Optional[int] = Field(None, ge=1, description="Cap on the evaluated test images (None = all).")
 
+    @field_validator("linear_lrs")
+    @classmethod
+    def _positive_lrs(cls, lrs: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in lrs):
+            raise ValueError(f"every linear probe learning rate must be > 0, got {lrs[:10]}")
+        return lrs
+
+    @model_validator(mode="after")
+    def _lrs_for_probe(self) -> "EvalConfig":
+        if self.linear and not self.linear_lrs:
+            raise ValueError("eval.linear_lrs is empty; the linear probe (eval.linear=true) needs at least one learning rate")
+        return self
+
 
 class TrackingConfig(Section):
     uri: Optional[str] = runtime(None, "MLflow tracking URI; None = $MLFLOW_TRACKING_URI or the dinolab home's SQLite store.")
-    experiment: str = runtime("dinolab", "MLflow experiment name.")
+    experiment: str = runtime("dinolab", "MLflow experiment name (not empty, at most 200 characters).", min_length=1,
+                              max_length=200, pattern=r"\S")
     run_name: Optional[str] = runtime(None, "MLflow run name; None = the experiment file's name.")
 
 

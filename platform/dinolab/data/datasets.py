@@ -18,6 +18,14 @@ Layouts under ``data.root``:
 
 ``data.train_limit = N`` keeps a fixed subset of N train images, drawn with ``SUBSET_SEED`` (not the
 trial's seed, so every trial of a grid sees the same images).
+
+Folders are walked following symbolic links, but each real folder and each real file is visited once:
+a link loop (``class/again -> .``) neither hangs the walk nor multiplies the images.
+
+Unreadable images: ``check_data`` decodes a sample of each class; a file that fails to decode later,
+during training or evaluation, is replaced by the next readable image of the split, with a warning
+naming it, and counted. The training loop logs the count per epoch (metric ``unreadable_images``) and
+fails the run when more than ``MAX_UNREADABLE_FRACTION`` of the images read in an epoch were unreadable.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import hashlib
 import json
 import logging
 import os
+import multiprocessing
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -47,6 +56,9 @@ TEST_FOLDERS = ("test", "val")  # the first that exists is the imagefolder test 
 SUBSET_SEED = 0
 # Images opened per class folder by check_data (a sample: opening every file of ImageNet takes minutes).
 CHECK_PER_CLASS = 1
+# A run fails when more than this fraction of the images read in one epoch cannot be decoded (fewer are
+# replaced by the next readable image, named in a warning and counted).
+MAX_UNREADABLE_FRACTION = 0.01
 
 CIFAR_LAYOUT = {
     # name: (folder, train files, test files, meta file, meta key, label key)
@@ -70,15 +82,69 @@ def _check_split(split: str) -> None:
 
 
 class ClassFolder(ImageFolder):
-    """``torchvision.datasets.ImageFolder`` with a given class list (the train split's), images as RGB PIL."""
+    """``torchvision.datasets.ImageFolder`` with a given class list (the train split's), images as RGB PIL.
+
+    The walk follows links but visits each real folder and file once (``_walk``); an unreadable image is
+    replaced by the next readable one and counted (see the module docstring and ``take_unreadable``).
+    """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], transform: Optional[Callable] = None) -> None:
         self._given_classes = list(classes)
         super().__init__(str(root), transform=transform, loader=_load_rgb, allow_empty=True,
                          is_valid_file=_is_image)
+        # Shared with DataLoader worker processes: images read, unreadable ones, the first unreadable file.
+        self.reads = multiprocessing.Value("q", 0)
+        self.unreadable = multiprocessing.Value("q", 0)
+        self.first_unreadable = multiprocessing.Array("c", 1024)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False) -> list[tuple[str, int]]:
+        """torchvision's order (classes sorted, folders sorted by path, files sorted), through the loop-safe walk."""
+        samples = []
+        for c in sorted(class_to_idx):
+            folder = os.path.join(directory, c)
+            if os.path.isdir(folder):
+                for dirpath, files in sorted(_walk(folder)):
+                    samples += [(os.path.join(dirpath, f), class_to_idx[c]) for f in files]
+        return samples
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        for k in range(len(self.samples)):
+            path, target = self.samples[(index + k) % len(self.samples)]
+            with self.reads.get_lock():
+                self.reads.value += 1
+            try:
+                sample = self.loader(path)
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
+                self._count_unreadable(path, e)
+                continue
+            return (self.transform(sample) if self.transform is not None else sample), target
+        raise RuntimeError(f"data.root: no image of {self.root} can be read")
+
+    def _count_unreadable(self, path: str, error: Exception) -> None:
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        log.warning("unreadable image %s (%s); replaced by the next image", path, reason)
+        with self.unreadable.get_lock():
+            if self.unreadable.value == 0:
+                self.first_unreadable.value = f"{path} ({reason})".encode()[:1000]
+            self.unreadable.value += 1
+
+
+def take_unreadable(dataset: Dataset) -> Optional[tuple[int, int, str]]:
+    """(unreadable, read, first unreadable file) since the last call, and reset; None for data sets whose
+    items are always readable (synthetic, CIFAR arrays)."""
+    while isinstance(dataset, LimitedDataset):
+        dataset = dataset.base
+    if not isinstance(dataset, ClassFolder):
+        return None
+    with dataset.unreadable.get_lock(), dataset.reads.get_lock():
+        out = (int(dataset.unreadable.value), int(dataset.reads.value), dataset.first_unreadable.value.decode(errors="replace"))
+        dataset.unreadable.value = dataset.reads.value = 0
+        dataset.first_unreadable.value = b""
+    return out
 
 
 def _is_image(path: str) -> bool:
@@ -206,13 +272,48 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _walk(top: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
+    """(folder, sorted image file names) for ``top`` and every folder below it, depth first in sorted order
+    (``os.walk``'s top-down order), following symbolic links but entering each real folder once and listing
+    each real file once: a link loop or a link fanning out to its own folder adds nothing."""
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    stack = [os.fspath(top)]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        files, subdirs = [], []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    subdirs.append(entry.path)
+                    continue
+                if not _is_image(entry.name) or not entry.is_file():
+                    continue
+                if entry.is_symlink():
+                    target = os.stat(entry.path)
+                    key = (target.st_dev, target.st_ino)
+                else:
+                    key = (st.st_dev, entry.inode())
+            except OSError:  # a dangling link, a file removed meanwhile
+                continue
+            if key not in seen_files:
+                seen_files.add(key)
+                files.append(entry.name)
+        yield folder, files
+        stack.extend(reversed(subdirs))
+
+
 def _images_in(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, as ImageFolder finds them), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
-    return out
+    """Image files under ``folder`` (recursive, each real file once), sorted."""
+    return [Path(dirpath) / f for dirpath, files in _walk(folder) for f in files]
 
 
 def _imagefolder_layout(data_cfg: DataConfig) -> tuple[Path, Path, list[str]]:
@@ -262,8 +363,18 @@ def _verify_image(path: Path) -> Optional[str]:
     return None
 
 
-def check_data(data_cfg: DataConfig) -> None:
-    """Raise ``ConfigError`` (one line, naming data.root or data.name) if the data set cannot be used.
+def check_training_data(cfg) -> None:
+    """``check_data``, then that the training set (after data.train_limit) holds one batch per worker."""
+    from dinolab.config.checks import check_batch_fits
+
+    n = check_data(cfg.data)
+    if n is not None:
+        check_batch_fits(min(n, cfg.data.train_limit or n), cfg, f"data.root = {cfg.data.root!r}")
+
+
+def check_data(data_cfg: DataConfig) -> Optional[int]:
+    """Raise ``ConfigError`` (one line, naming data.root or data.name) if the data set cannot be used; return
+    the number of training images where the check counted them (imagefolder), else None.
 
     Checks: data.root set, existing, a folder, not empty; the layout of data.name (imagefolder: train/
     with class folders holding images and a test/ or val/ folder; cifar: every pickle present and
@@ -272,9 +383,10 @@ def check_data(data_cfg: DataConfig) -> None:
     """
     name = data_cfg.name
     if name == "synthetic":
-        return
+        return None
     if name == "imagefolder":
         train, test, classes = _imagefolder_layout(data_cfg)
+        counts = {}
         for split_dir in (train, test):
             n_images = 0
             for c in _class_dirs(split_dir):
@@ -291,7 +403,8 @@ def check_data(data_cfg: DataConfig) -> None:
             if n_images == 0:
                 raise ConfigError(f"data.root = {data_cfg.root!r}: {split_dir.name}/ holds no images "
                                   f"(expected {split_dir.name}/<class>/<file> ending in {', '.join(IMAGE_EXTENSIONS)})")
-        return
+            counts[split_dir] = n_images
+        return counts[train]
     if name in CIFAR_LAYOUT:
         folder = _cifar_folder(data_cfg)
         _, train_files, test_files, meta_file, meta_key, label_key = CIFAR_LAYOUT[name]

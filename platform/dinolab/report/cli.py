@@ -61,9 +61,30 @@ def _grid_paths(args) -> list[Path]:
     return [Path(args.ablation)]
 
 
+def _check_stores(grids, args) -> None:
+    """Each grid's store is usable (one line within seconds otherwise); reading never creates one."""
+    from dinolab.track.check import check_tracking, uri_source
+
+    from .table import grid_tracking_uri
+
+    for g in grids:
+        configured = next((t.config.tracking.uri for t in g.trials if getattr(t, "config", None) and t.config.tracking.uri), None)
+        check_tracking(grid_tracking_uri(g, args.tracking_uri), uri_source(args.tracking_uri, configured))
+
+
+def _check_out(out, is_file_ok: bool = False) -> None:
+    from dinolab.home import writable_folder
+
+    if out:
+        path = Path(out)
+        folder = path.parent if is_file_ok and not path.is_dir() and not str(out).endswith("/") and path.suffix else path
+        writable_folder(folder, "--out")
+
+
 def cmd_report(args) -> int:
     from .table import as_grid, tables_for_grids
 
+    _check_out(args.out)
     grids, failed = [], 0
     for path in _grid_paths(args):
         try:
@@ -73,6 +94,7 @@ def cmd_report(args) -> int:
                 raise
             failed += 1
             print(f"dinolab: error: {e}", file=sys.stderr)
+    _check_stores(grids, args)
     tables = tables_for_grids(grids, args.tracking_uri, method=args.method)
     for table in tables:
         if args.out:
@@ -91,8 +113,12 @@ def cmd_report(args) -> int:
 
 def cmd_dashboard(args) -> int:
     from .dashboard import write_dashboard
+    from .table import as_grid
 
-    path, table, parent = write_dashboard(args.ablation, args.out, args.tracking_uri, args.set,
+    _check_out(args.out, is_file_ok=True)
+    grid = as_grid(args.ablation, args.set)
+    _check_stores([grid], args)
+    path, table, parent = write_dashboard(grid, args.out, args.tracking_uri, args.set,
                                           log_to_parent=not args.no_log, method=args.method)
     print(path)
     if parent:

@@ -410,7 +410,9 @@ def write_dashboard(grid_or_path, out: Optional[os.PathLike] = None, tracking_ur
     path.write_text(page, encoding="utf-8")
 
     parent = None
-    if log_to_parent:
+    from dinolab.sweep.store import store_exists
+
+    if log_to_parent and store_exists(uri):  # a missing SQLite store has no parent run (and must not be created)
         names = {t.config.tracking.experiment for t in grid.trials if getattr(t, "config", None) is not None}
         try:
             parent = find_parent_run(client, table.grid, sorted(names))

@@ -34,9 +34,21 @@ def _env_float(value, env: str):
 
 
 def _storage(args) -> Path:
-    from dinolab.home import default_storage
+    """The storage root: --storage or the dinolab home, a folder that exists or can be created."""
+    from dinolab.home import default_storage, home_label, writable_folder
 
-    return Path(args.storage).expanduser().resolve() if args.storage else default_storage()
+    return writable_folder(args.storage or default_storage(), "--storage" if args.storage else home_label())
+
+
+def _tracking(grid, write: bool) -> None:
+    """The grid's store is usable (a one-line error within seconds otherwise)."""
+    from dinolab.track.check import check_tracking, uri_source
+
+    from .launcher import grid_tracking
+
+    uri, _ = grid_tracking(grid)
+    configured = next((t.config.tracking.uri for t in grid.trials if t.config.tracking.uri), None)
+    check_tracking(uri, uri_source(None, configured), write=write)
 
 
 def _grid(args):
@@ -49,12 +61,21 @@ def _grid(args):
 
 
 def cmd_sweep(args) -> int:
-    from .launcher import cancel, format_plan, launch, plan_grid
+    from .launcher import cancel, check_launch_options, format_plan, launch, plan_grid
 
     if args.cancel and (args.dry_run or args.rerun or args.rerun_failed):
         raise ConfigError("--cancel cannot be combined with --dry-run, --rerun or --rerun-failed")
-    grid = _grid(args)
+    for flag, value in (("--workers", args.workers), ("--cpus-per-worker", args.cpus_per_worker),
+                        ("--gpus-per-worker", args.gpus_per_worker)):
+        if value is not None and not (value == value and abs(value) != float("inf")):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+    max_node_cpus = _env_float(args.max_node_cpus, "DINOLAB_MAX_NODE_CPUS")
+    max_node_gpus = _env_float(args.max_node_gpus, "DINOLAB_MAX_NODE_GPUS")
+    check_launch_options(args.max_concurrent, args.max_failures, args.scheduler, max_node_cpus, max_node_gpus,
+                         args.wait_for_resources)
     storage = _storage(args)
+    grid = _grid(args)
+    _tracking(grid, write=not args.dry_run)
     if args.cancel:
         marker, running = cancel(grid, storage)
         print(f"grid {grid.name}: cancel requested ({marker}); {len(running)} running trial(s) stop at their next step, "
@@ -68,8 +89,8 @@ def cmd_sweep(args) -> int:
     print(f"dinolab: trials and checkpoints under {plan.storage / 'trials'}", file=sys.stderr)
     report = launch(
         plan, address=args.address, max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        scheduler=args.scheduler, verbose=0 if args.quiet else 1, max_node_cpus=_env_float(args.max_node_cpus, "DINOLAB_MAX_NODE_CPUS"),
-        max_node_gpus=_env_float(args.max_node_gpus, "DINOLAB_MAX_NODE_GPUS"), wait_for_resources_s=args.wait_for_resources,
+        scheduler=args.scheduler, verbose=0 if args.quiet else 1, max_node_cpus=max_node_cpus,
+        max_node_gpus=max_node_gpus, wait_for_resources_s=args.wait_for_resources,
     )
     after = report.after or plan
     print(format_plan(after, with_detail=True), end="")
@@ -85,7 +106,10 @@ def cmd_sweep(args) -> int:
 def cmd_status(args) -> int:
     from .launcher import format_plan, plan_grid
 
-    plan = plan_grid(_grid(args), _storage(args), strict=False)
+    storage = _storage(args)
+    grid = _grid(args)
+    _tracking(grid, write=False)
+    plan = plan_grid(grid, storage, strict=False)
     print(f"dinolab: tracking store {redact_uri(plan.tracking_uri)}, experiment {plan.experiment}", file=sys.stderr)
     print(format_plan(plan, with_detail=True), end="")
     return 0

@@ -244,6 +244,24 @@ def _scheduler(name: str, max_epochs: int):
 # ----------------------------------------------------------------------------- launching
 
 
+def check_launch_options(max_concurrent: Optional[int] = None, max_failures: int = 2, scheduler: str = "fifo",
+                         max_node_cpus: Optional[float] = None, max_node_gpus: Optional[float] = None,
+                         wait_for_resources_s: Optional[float] = 0.0) -> None:
+    """ConfigError (one line naming the flag) for a launch option out of range; the CLI calls it first."""
+    import math
+
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {scheduler!r} is not allowed; expected one of {', '.join(SCHEDULERS)}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if max_failures < -1:
+        raise ConfigError(f"--max-failures must be >= 0 (or -1: retry forever), got {max_failures}")
+    for flag, value in (("--max-node-cpus", max_node_cpus), ("--max-node-gpus", max_node_gpus),
+                        ("--wait-for-resources", wait_for_resources_s)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} must be a finite number >= 0, got {value:g}")
+
+
 @dataclass
 class LaunchReport:
     launched: int
@@ -310,16 +328,7 @@ def launch(
     """
     start = time.time()
     grid = plan.grid
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"--scheduler {scheduler!r} is not allowed; expected one of {', '.join(SCHEDULERS)}")
-    if max_concurrent is not None and max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
-    if max_failures < -1:
-        raise ConfigError(f"--max-failures must be >= 0 (or -1: retry forever), got {max_failures}")
-    for flag, value in (("--max-node-cpus", max_node_cpus), ("--max-node-gpus", max_node_gpus),
-                        ("--wait-for-resources", wait_for_resources_s)):
-        if value is not None and value < 0:
-            raise ConfigError(f"{flag} must be >= 0, got {value:g}")
+    check_launch_options(max_concurrent, max_failures, scheduler, max_node_cpus, max_node_gpus, wait_for_resources_s)
 
     tagged = 0
     done = [i for i in plan.items if i.action == DONE and i.current is not None and grid.name not in i.current.grids]

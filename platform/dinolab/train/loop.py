@@ -45,6 +45,25 @@ class InjectedFault(RuntimeError):
     """Raised once by ``train.fail_at_step`` (fault-injection tests)."""
 
 
+class UnreadableImages(RuntimeError):
+    """More than ``MAX_UNREADABLE_FRACTION`` of an epoch's training images could not be decoded."""
+
+
+def unreadable_images(dataset, epoch: int) -> Optional[int]:
+    """The epoch's count of unreadable training images (None: the data set cannot have any); raises
+    ``UnreadableImages`` above ``dinolab.data.datasets.MAX_UNREADABLE_FRACTION`` of the images read."""
+    from dinolab.data.datasets import MAX_UNREADABLE_FRACTION, take_unreadable
+
+    counts = take_unreadable(dataset)
+    if counts is None:
+        return None
+    bad, read, first = counts
+    if bad > MAX_UNREADABLE_FRACTION * read:
+        raise UnreadableImages(f"{bad} of the {read} training images read in epoch {epoch} could not be decoded "
+                               f"(more than {MAX_UNREADABLE_FRACTION:.0%}); the first: {first}")
+    return bad
+
+
 @dataclass
 class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -335,6 +354,7 @@ def train(
     wall_start = time.time()
     eval_cache = None
     progress = _progress(cfg, is_main, epochs, start_epoch)
+    unreadable_images(dataset, start_epoch)  # counts from here on
     for epoch in range(start_epoch, epochs):
         seed_everything(epoch_seed(cfg.train.seed, epoch, rank))
         if hasattr(loader.sampler, "set_epoch"):
@@ -372,6 +392,7 @@ def train(
             progress.update(epoch, it, steps_per_epoch, out.loss)
 
         policy.on_epoch_end(unwrap(student), teacher)
+        bad_images = unreadable_images(dataset, epoch)
         elapsed = time.perf_counter() - epoch_start
         train_seconds += elapsed
         train_images += n_steps * cfg.train.batch_size
@@ -386,6 +407,8 @@ def train(
             teacher_temp=teacher_temp,
             images_per_s=n_steps * cfg.train.batch_size / max(elapsed, 1e-9),
         )
+        if bad_images is not None:
+            metrics["unreadable_images"] = bad_images
         last_epoch = epoch == epochs - 1
         if is_main and ((epoch + 1) % cfg.eval.knn_every == 0 or last_epoch):
             metrics["knn_top1"], eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
