@@ -78,10 +78,18 @@ class World:
         return self.runs(), files, sorted(p.name for p in home.rglob("*")) if home.exists() else None
 
 
+def _no_server(*args, **kwargs):
+    raise AssertionError("a check missed: the command went on to start MLflow's server")
+
+
 @pytest.fixture
 def world(tmp_path, store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.chdir(tmp_path)
+    import dinolab.serve
+
+    monkeypatch.setattr(dinolab.serve.subprocess, "call", _no_server)  # ui and server cases here cannot hang or exec
+    monkeypatch.setattr(dinolab.serve.os, "execve", _no_server)
     w = World(tmp_path, store)
     yield w
     w.silent_server.close()
@@ -226,6 +234,13 @@ CASES = [
     ("ui-backend-not-a-database", "ui --port {closed} --backend sqlite:///{notdb}", "--backend", {}),
     ("ui-backend-unknown-scheme", "ui --port {closed} --backend mongodb://db/x", "--backend", {}),
     ("ui-backend-server", "ui --port {closed} --backend http://127.0.0.1:{closed}", "--backend", {}),
+    ("ui-port-negative", "ui --port -1", "--port -1", {}),
+    ("server-port-0", "server --port 0", "--port 0", {}),
+    ("server-backend-not-a-database", "server --port {closed} --backend sqlite:///{notdb}", "--backend", {}),
+    ("server-backend-unknown-scheme", "server --port {closed} --backend redis://cache/0", "--backend", {}),
+    ("server-backend-host-down", "server --port {closed} --backend postgresql://lab@127.0.0.1:{closed}/mlflow", "--backend", {}),
+    ("server-home-under-a-file", "server --port {closed}", "$DINOLAB_HOME", {"DINOLAB_HOME": "{file}/home",
+                                                                               "MLFLOW_BACKEND_STORE_URI": ""}),
 ]
 
 

@@ -19,7 +19,7 @@ BASE = """\
 model: {arch: vit_tiny, patch_size: 4}
 crops: {global_size: 32, local_size: 16, local_number: 2}
 dino: {out_dim: 32}
-train: {epochs: 2, warmup_epochs: 1}
+train: {epochs: 2, warmup_epochs: 1, batch_size: 16}
 data: {synthetic_train: 20, synthetic_test: 10}
 """
 

@@ -58,9 +58,12 @@ def _check_backend(uri: str, flag: str, probe: bool = True) -> None:
 
 
 def _backend_label(backend: Optional[str]) -> str:
+    """Where the server's backend came from (the server does not read $MLFLOW_TRACKING_URI)."""
+    from dinolab.home import home_label
+
     if backend:
         return "--backend"
-    return "$MLFLOW_BACKEND_STORE_URI" if os.environ.get("MLFLOW_BACKEND_STORE_URI") else _store_label()
+    return "$MLFLOW_BACKEND_STORE_URI" if os.environ.get("MLFLOW_BACKEND_STORE_URI") else f"the default store in {home_label()}"
 
 
 def ui_command(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> list[str]:
@@ -185,8 +188,9 @@ def serve_server(backend: Optional[str] = None, artifacts: Optional[str] = None,
                  cors_allowed_origins: Optional[str] = None, app_name: Optional[str] = None) -> int:
     """Become ``mlflow server`` (exec: signals reach it directly); returns only if it cannot start."""
     check_port(host, port)
+    # The database host must answer before anything (the artifact folder) is made.
+    _check_backend(backend or os.environ.get("MLFLOW_BACKEND_STORE_URI") or default_tracking_uri(), _backend_label(backend))
     cmd, env = server_command(backend, artifacts, host, port, workers, allowed_hosts, cors_allowed_origins, app_name)
-    _check_backend(env["MLFLOW_BACKEND_STORE_URI"], _backend_label(backend))
     shown = redact_uri(env["MLFLOW_BACKEND_STORE_URI"])
     dest = cmd[cmd.index("--artifacts-destination") + 1]
     print(f"dinolab: tracking server for {shown} (artifacts in {dest}) at http://{host}:{port}", file=sys.stderr)
