@@ -96,6 +96,7 @@ class ClassFolder(ImageFolder):
         self.reads = multiprocessing.Value("q", 0)
         self.unreadable = multiprocessing.Value("q", 0)
         self.first_unreadable = multiprocessing.Array("c", 1024)
+        self._warned: set[str] = set()
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return list(self._given_classes), {c: i for i, c in enumerate(self._given_classes)}
@@ -126,7 +127,9 @@ class ClassFolder(ImageFolder):
 
     def _count_unreadable(self, path: str, error: Exception) -> None:
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        log.warning("unreadable image %s (%s); replaced by the next image", path, reason)
+        if path not in self._warned:  # once per file and process (every epoch meets it again)
+            self._warned.add(path)
+            log.warning("unreadable image %s (%s); replaced by the next image", path, reason)
         with self.unreadable.get_lock():
             if self.unreadable.value == 0:
                 self.first_unreadable.value = f"{path} ({reason})".encode()[:1000]
