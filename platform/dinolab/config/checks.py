@@ -113,10 +113,15 @@ def memory_estimate(cfg: ExperimentConfig) -> int:
     return 4 * (5 * params + logits)
 
 
+def ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @functools.lru_cache(maxsize=1)
 def machine_memory() -> tuple[int, str]:
-    """(bytes, words) of the largest memory a worker on this machine could train in: RAM, or a GPU's."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """(bytes, words) of the largest memory a worker on this machine could train in: RAM, or a GPU's
+    (asking the GPU starts CUDA in this process, so ``_check_memory`` asks only when RAM is too small)."""
+    ram = ram_bytes()
     try:
         import torch
 
@@ -131,6 +136,8 @@ def machine_memory() -> tuple[int, str]:
 
 def _check_memory(cfg: ExperimentConfig, source: str) -> None:
     need = memory_estimate(cfg)
+    if need <= ram_bytes():
+        return
     have, words = machine_memory()
     if need > have:
         d = cfg.dino
