@@ -115,6 +115,8 @@ FILES = {
     "deep.yaml": lambda w: w.text("deep.yaml", f"base: {DEMO}\nname: " + "[" * 120 + "]" * 120 + "\n"),
     "huge.yaml": lambda w: w.text("huge.yaml", f"base: {DEMO}\nname: " + "n" * (2 << 20) + "\n"),
     "longname.yaml": lambda w: w.text("longname.yaml", f"base: {DEMO}\nname: " + "n" * 20000 + "\n"),
+    "bigint.yaml": lambda w: w.text("bigint.yaml", f"base: {DEMO}\ntrain: {{epochs: " + "9" * 5000 + "}\n"),
+    "longkey.yaml": lambda w: w.text("longkey.yaml", f"base: {DEMO}\ntrain:\n  ? " + "k" * 20000 + "\n  : 1\n"),
     "grid_recursive.yaml": lambda w: grid_with(w, "grid_recursive", "set: &s {train.epochs: 1, again: *s}\nrows: [{name: a}]\n"),
     "grid_bomb.yaml": lambda w: grid_with(w, "grid_bomb", alias_bomb().replace("name: ", "x: ") + "rows: [{name: a}]\n"),
     "grid_axes.yaml": lambda w: grid_with(w, "grid_axes", "axes:\n  mode: product\n  values:\n"
@@ -179,6 +181,8 @@ CASES = [
     ("run-deep-nesting", "run {tmp}/deep.yaml", "nested deeper", {}),
     ("run-huge-file", "run {tmp}/huge.yaml", "huge.yaml", {}),
     ("run-long-name", "run {tmp}/longname.yaml", "name: a 20000-character value", {}),
+    ("run-integer-5000-digits", "run {tmp}/bigint.yaml", "bigint.yaml", {}),
+    ("run-long-key", "run {tmp}/longkey.yaml", "train: a 20000-character key", {}),
     ("run-set-long-value", "run {demo} --set name=" + "x" * 5000, "--set name", {}),
     ("sweep-grid-recursive-set", "sweep {tmp}/grid_recursive.yaml --dry-run", "refers to itself", {}),
     ("status-grid-alias-bomb", "status {tmp}/grid_bomb.yaml", "aliases", {}),

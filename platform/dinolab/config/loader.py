@@ -30,6 +30,7 @@ MAX_YAML_BYTES = 1 << 20  # one YAML file
 MAX_VALUES = 100_000  # values after expanding aliases (a YAML alias bomb expands exponentially)
 MAX_DEPTH = 50  # nesting of mappings / lists
 MAX_STRING = 4096  # characters of one string value (PATH_MAX; a run name, a URI, a path)
+MAX_KEY = 200  # characters of one mapping key
 QUOTE_CHARS = 80  # characters of an input value an error message quotes
 
 
@@ -62,8 +63,10 @@ def check_size(data: Any, where: str) -> None:
             ids = path_ids + (id(value),)
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for k, v in items:
+                if isinstance(value, dict) and len(str(k)) > MAX_KEY:
+                    raise ConfigError(f"{where}: {at}: a {len(str(k))}-character key; keys are limited to {MAX_KEY}")
                 sub = f"{key}.{k}" if isinstance(value, dict) else f"{key}[{k}]"
-                stack.append((v, sub.lstrip(".") if len(sub) <= 200 else sub[:200] + "...", depth + 1, ids))
+                stack.append((v, sub.lstrip("."), depth + 1, ids))
 
 
 # Fields holding filesystem paths: expanded (~, relative to the YAML that set them) and made absolute.
@@ -89,6 +92,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}:{where} invalid YAML ({str(getattr(e, 'problem', e))[:200]})") from None
     except RecursionError:
         raise ConfigError(f"{path}: YAML nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: a value YAML cannot convert ({str(e)[:100]})") from None
     except (UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"{path}: cannot read ({type(e).__name__})") from None
     if data is None:
