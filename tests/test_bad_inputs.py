@@ -417,3 +417,18 @@ def test_symlink_loops_count_each_real_file_once(tmp_path):
     assert check_data(cfgs[0].data) == check_data(cfgs[1].data) == 6
     assert data_fingerprint(cfgs[0].data) == data_fingerprint(cfgs[1].data)
     assert len(ClassFolder(looped / "train", ["a", "b"])) == 6
+
+
+def test_a_sweep_trial_on_a_machine_without_its_device_stops_before_its_run(world, tmp_path):
+    """train.device=cuda:N is legal where the grid is expanded (the workers may have it); the trial checks it
+    where it starts and fails before it creates a run."""
+    from dinolab.config import ConfigError, config_to_dict
+    from dinolab.config.grid import load_grid
+    from dinolab.sweep.trainable import TrialTask, execute_task
+
+    (trial,) = load_grid(world.write_grid("gpu", rows=[{"name": "a"}]), ["train.device=cuda:99"]).trials
+    task = TrialTask(trial_id=trial.trial_id, grid="gpu", row=trial.row, seed=trial.seed, config=config_to_dict(trial.config),
+                     storage=str(tmp_path / "storage"), tracking_uri=world.store, claim_poll_s=0.05)
+    with pytest.raises(ConfigError, match="train.device=cuda:99"):
+        execute_task(task)
+    assert world.runs() == 0
