@@ -73,6 +73,19 @@ def summaries(history: dict[str, list[float]], last_k: int = SUMMARY_LAST_K) -> 
     return out
 
 
+def cost_hours(cfg: ExperimentConfig, wall_s: float, device_name: str) -> dict[str, float]:
+    """{"cpu_hours", "gpu_hours"}: ``wall_s`` (the loop's wall time) times the CPUs and GPUs the trial held.
+
+    GPUs: ``resources.gpus_per_worker`` per worker (a fraction when Ray packs trials on a card), or one whole
+    card per worker when the trial ran on CUDA without asking for any (``dinolab run`` on a GPU machine:
+    nothing shared the card); 0 on the CPU.
+    """
+    r = cfg.resources
+    hours = wall_s / 3600.0
+    gpus = (r.gpus_per_worker or 1.0) * r.workers if device_name.startswith("cuda") else 0.0
+    return {"cpu_hours": hours * (cfg.train.threads or r.cpus_per_worker) * r.workers, "gpu_hours": hours * gpus}
+
+
 def trial_identity(cfg: ExperimentConfig) -> tuple[str, str]:
     """(trial id, data fingerprint)."""
     from dinolab.data.datasets import data_fingerprint
@@ -223,10 +236,7 @@ def run_trial(
     final = dict(result.final)
     final["wall_time_s"] = time.time() - wall + float(state.get("wall_time_s", 0.0))
     final["epochs_done"] = result.epochs_done
-    cpus = (cfg.train.threads or cfg.resources.cpus_per_worker) * cfg.resources.workers
-    hours = final.get("loop_wall_s", final["wall_time_s"]) / 3600.0
-    final["cpu_hours"] = hours * cpus
-    final["gpu_hours"] = hours * cfg.resources.gpus_per_worker * cfg.resources.workers if device_name.startswith("cuda") else 0.0
+    final.update(cost_hours(cfg, final.get("loop_wall_s", final["wall_time_s"]), device_name))
     collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
     reporter.log_metrics({**summaries(result.history), **final}, step=result.epochs_done)
     reporter.set_tags({"dinolab.collapsed": "true" if collapsed else "false", "dinolab.collapse_reason": reason})
