@@ -272,6 +272,8 @@ def train(
     device = resolve_device(cfg.train.device)
     torch.set_num_threads(cfg.train.threads or available_cpus())
     reset_peak_rss()  # peak_rss_mb is this trial's, also in an actor process Ray Tune reuses
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # likewise cuda_peak_mb
     seed_everything(cfg.train.seed)
 
     # --- data: multi-crop views for training; a fixed eval bank for k-NN / linear probe.
@@ -470,7 +472,7 @@ def train(
             result.final["throughput_images_per_s"] = train_images / train_seconds
         result.final["train_seconds"] = train_seconds
         result.final["peak_rss_mb"] = peak_rss_mb()
-        result.final["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
+        result.final["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
         result.final["loop_wall_s"] = time.time() - wall_start
     return result
 
