@@ -24,6 +24,8 @@ Every baseline is measured in the same run as its figure; repeats of the figure 
 interleaved where both are timed. Spreads are min-max over the repeats. Records marked **quick** come from
 `--quick` (shrunk configurations, few repeats): they show that the benchmark runs, not how fast dinolab is.
 The benchmark is not a test: the tests check correctness, this file reports speed.
+GPU figures: `scripts/gpu_check.sh` on a CUDA machine writes `bench_results/<gpu>.json` under its output folder;
+copied into `{results}/`, it shows here as its own machine section beside the CPU figures.
 """
 
 
@@ -130,13 +132,18 @@ def assemble_markdown(results_dir: Path) -> str:
     files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
     if not files:
         parts.append("No results yet: run `dinolab bench`.\n")
+    sections, gpu = [], False
     for path in files:
         try:
             data = load_results(path)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as e:
             log.warning("skipping unreadable result file %s: %s", path, e)
             continue
-        parts.append(machine_section(data))
+        gpu = gpu or bool(data.get("machine", {}).get("gpu"))
+        sections.append(machine_section(data))
+    if files and not gpu:
+        parts.append("No GPU record yet: the GPU path has not been measured.\n")
+    parts += sections
     return "\n".join(parts).rstrip() + "\n"
 
 
