@@ -218,3 +218,22 @@ def test_benchmarks_say_when_no_gpu_record_is_there(tmp_path):
     gpu = {**cpu, "slug": "nvidia-h200", "gpu": "NVIDIA H200"}
     (tmp_path / "nvidia-h200.json").write_text(json.dumps({"machine": gpu, "updated": "2026-01-01", "records": {}}))
     assert "No GPU record yet" not in assemble_markdown(tmp_path)
+
+
+def test_numerics_plumbing_on_cpu():
+    """The numerics step's own code on a tiny step on the CPU, where autocast is off: every variant starts from the
+    same weights and batch, so each loss equals fp32's exactly; the grad scaler is disabled there, so its check fails."""
+    from dinolab.bench.gpu_numerics import FP16_STEPS, numerics
+
+    spec = {"model": {"arch": "vit_tiny", "patch_size": 4, "embed_dim": 32, "depths": [1], "num_heads": 2, "drop_path_rate": 0.0},
+            "crops": {"global_size": 16, "local_size": 8, "local_number": 2},
+            "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16}, "train": {"batch_size": 4}}
+    checks, fig = numerics(torch.device("cpu"), spec)
+    got = {c.name: c.passed for c in checks}
+    assert fig["bf16_loss"] == fig["fp32_loss"] == fig["cpu_loss"] == fig["fp16"]["losses"][0]
+    assert fig["bf16_grad_cos"]["median"] == pytest.approx(1.0) and fig["bf16_grad_cos"]["missing"] == 0
+    assert fig["fp16"]["steps_applied"] == FP16_STEPS and not fig["fp16"]["scaler_enabled"]
+    assert got == {"fp32 step: loss and gradients finite": True, "bf16 vs fp32: loss": True,
+                   "bf16 step: gradients and parameters finite": True, "bf16 vs fp32: gradient direction": True,
+                   "fp16 + grad scaler: steps": False, "fp16 vs fp32: loss": True, "fp32 cpu vs CPU: loss": True,
+                   "fp32 cpu vs CPU: gradient direction": True}

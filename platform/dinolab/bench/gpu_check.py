@@ -188,6 +188,9 @@ def bench_step(ctx: Context) -> tuple[list[Check], dict]:
             continue
         finally:
             bctx.reset_threads()
+        if rec is None:  # a CUDA-only figure on a machine without CUDA
+            checks.append(Check(f"{name} measured", False, "not measured: needs CUDA"))
+            continue
         if name == "step_vit_small16_paper":
             peak = dense_bf16_peak(ctx.shared.get("device_name") or torch.cuda.get_device_name(0))
             x = rec.extra
@@ -201,7 +204,8 @@ def bench_step(ctx: Context) -> tuple[list[Check], dict]:
                                 f"peak {rec.peak_memory_mb:.0f} MiB, {rec.config['crops']}, batch {rec.config['batch']}"))
             checks.append(Check("MFU vs dense bf16 datasheet peak", None if mfu is None else 0 < mfu <= 1,
                                 "device not in the peak table" if mfu is None else
-                                f"{100 * mfu:.1f}% of {peak[0]:g} TFLOP/s ({100 * x['mfu_vs_bf16_gemm']:.1f}% of the measured bf16 GEMM)",
+                                f"{100 * mfu:.1f}% of {peak[0]:g} TFLOP/s ({100 * x.get('mfu_vs_bf16_gemm', float('nan')):.1f}% "
+                                "of the measured bf16 GEMM)",
                                 required=mfu is not None))
         else:
             checks.append(Check(f"{name} measured", math.isfinite(rec.value) and rec.value > 0,

@@ -19,7 +19,9 @@ Compared (each against the fp32 CUDA step):
 
 The tolerances sit far below what a wrong step produces (a lost centre update, a dtype cast in the wrong
 place, gradients of the wrong network change the loss by O(1) and the gradient direction entirely) and
-above bf16's 8-bit mantissa (relative rounding 2^-8 = 0.4% per operation).
+far above what rounding did on a CPU: with CPU bf16 autocast against fp32 (ViT-S/16, batch 2, 2x224 + 4x96,
+2026-12-03) the loss moved by 9e-6 (relative) and the gradient cosine was 0.99995 (median; min 0.99989).
+TF32 (10-bit mantissa) rounds finer than bf16 (7-bit), hence the tighter fp32 tolerances.
 """
 
 from __future__ import annotations
@@ -30,36 +32,35 @@ import torch
 
 from .gpu_check import Check
 
-BF16_LOSS_RTOL = 2e-2
-BF16_GRAD_COS = 0.9
-FP32_LOSS_RTOL = 1e-3
-FP32_GRAD_COS = 0.99
+BF16_LOSS_RTOL = 5e-3
+BF16_GRAD_COS = 0.99
+FP32_LOSS_RTOL = 1e-4
+FP32_GRAD_COS = 0.999
 FP16_STEPS = 5  # the scaler starts at 2^16 and halves on each overflowing step, which it skips
-BATCH = 4
 OVERRIDES = {
     "model": {"arch": "vit_small", "patch_size": 16, "drop_path_rate": 0.0},
     "crops": {"global_size": 224, "local_size": 96, "local_number": 10},
-    "train": {"batch_size": BATCH},
+    "train": {"batch_size": 4},
 }
 
 
-def make_step(precision: str, device: torch.device, crops: list[torch.Tensor]):
-    """A TrainingStep (seed 0 weights) in ``precision`` on ``device``, fed copies of ``crops``."""
+def make_step(precision: str, device: torch.device, crops: list[torch.Tensor], spec: dict = OVERRIDES):
+    """A TrainingStep of ``spec`` (seed 0 weights) in ``precision`` on ``device``, fed copies of ``crops``."""
     from .step import TrainingStep, step_config
 
-    overrides = {k: dict(v) for k, v in OVERRIDES.items()}
+    overrides = {k: dict(v) for k, v in spec.items()}
     overrides["train"]["precision"] = precision
     step = TrainingStep(step_config(overrides, device), device, seed=0)
     step.crops = [c.to(device) for c in crops]  # the same views for every variant (TrainingStep drew its own)
     return step
 
 
-def views(seed: int = 0) -> list[torch.Tensor]:
-    """The batch: 2 global (B, 3, 224, 224) and 10 local (B, 3, 96, 96) normalised views, on the CPU."""
+def views(spec: dict = OVERRIDES, seed: int = 0) -> list[torch.Tensor]:
+    """The batch: 2 global (B, 3, G, G) and the local (B, 3, L, L) normalised views of ``spec``, on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    c = OVERRIDES["crops"]
+    c, batch = spec["crops"], spec["train"]["batch_size"]
     sides = [c["global_size"]] * 2 + [c["local_size"]] * c["local_number"]
-    return [torch.randn(BATCH, 3, s, s, generator=g) for s in sides]
+    return [torch.randn(batch, 3, s, s, generator=g) for s in sides]
 
 
 def gradients(step) -> dict[str, torch.Tensor]:
@@ -94,9 +95,9 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def run_fp16(device: torch.device, crops: list[torch.Tensor]) -> dict:
+def run_fp16(device: torch.device, crops: list[torch.Tensor], spec: dict = OVERRIDES) -> dict:
     """FP16_STEPS fp16 steps with the grad scaler on one batch: losses, scale after each, steps applied."""
-    step = make_step("fp16", device, crops)
+    step = make_step("fp16", device, crops, spec)
     probe = next(p for p in step.student.parameters() if p.requires_grad)
     losses, scales, applied = [], [], 0
     for _ in range(FP16_STEPS):
@@ -109,14 +110,18 @@ def run_fp16(device: torch.device, crops: list[torch.Tensor]) -> dict:
             "scaler_enabled": step.scaler.is_enabled()}
 
 
-def numerics(device: torch.device, cpu_reference: bool = True) -> tuple[list[Check], dict]:
-    """The comparisons of the module doc on ``device``; returns (checks, figures)."""
-    crops = views()
+def numerics(device: torch.device, spec: dict = OVERRIDES) -> tuple[list[Check], dict]:
+    """The comparisons of the module doc on ``device``, for the step ``spec`` (OVERRIDES); returns (checks, figures).
+
+    On a CPU (the tests) autocast is off, so the "bf16" and "fp16" steps are fp32 ones and the grad scaler is
+    disabled: the fp16 check fails there, as it should.
+    """
+    crops = views(spec)
     checks: list[Check] = []
-    fig: dict = {"batch": BATCH, "crops": "2x224 + 10x96", "arch": "vit_small/16", "tf32": {
+    fig: dict = {"spec": spec, "tf32": {
         "matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}}
 
-    s32 = make_step("fp32", device, crops)
+    s32 = make_step("fp32", device, crops, spec)
     loss32 = s32()
     g32 = gradients(s32)
     del s32
@@ -124,7 +129,7 @@ def numerics(device: torch.device, cpu_reference: bool = True) -> tuple[list[Che
     checks.append(Check("fp32 step: loss and gradients finite", math.isfinite(loss32) and all_finite(g32.values()),
                    f"loss {loss32:.6g}, {len(g32)} gradients"))
 
-    s16 = make_step("bf16", device, crops)
+    s16 = make_step("bf16", device, crops, spec)
     loss_bf = s16()
     g_bf = gradients(s16)
     params_bf = all_finite(p.detach() for p in s16.student.parameters())
@@ -137,7 +142,7 @@ def numerics(device: torch.device, cpu_reference: bool = True) -> tuple[list[Che
     checks.append(Check("bf16 vs fp32: gradient direction", d["median"] >= BF16_GRAD_COS and not d["missing"],
                    f"median cos {d['median']:.4f} (>= {BF16_GRAD_COS}), min {d['min']:.4f} at {d['worst']}"))
 
-    f16 = run_fp16(device, crops)
+    f16 = run_fp16(device, crops, spec)
     fig["fp16"] = f16
     ok = all(math.isfinite(v) for v in f16["losses"]) and f16["steps_applied"] >= 1 and f16["params_finite"] and f16["scaler_enabled"]
     checks.append(Check("fp16 + grad scaler: steps", ok,
@@ -146,15 +151,14 @@ def numerics(device: torch.device, cpu_reference: bool = True) -> tuple[list[Che
     checks.append(Check("fp16 vs fp32: loss", rel(f16["losses"][0], loss32) <= BF16_LOSS_RTOL,
                    f"rel {rel(f16['losses'][0], loss32):.2e} (tol {BF16_LOSS_RTOL:g})"))
 
-    if cpu_reference:
-        cpu = make_step("fp32", torch.device("cpu"), crops)
-        loss_cpu = cpu()
-        g_cpu = gradients(cpu)
-        del cpu
-        d = grad_direction(g32, g_cpu)
-        fig.update(cpu_loss=loss_cpu, cpu_loss_rel=rel(loss32, loss_cpu), cpu_grad_cos=d)
-        checks.append(Check("fp32 CUDA vs CPU: loss", rel(loss32, loss_cpu) <= FP32_LOSS_RTOL,
-                       f"{loss32:.7g} vs {loss_cpu:.7g}: rel {rel(loss32, loss_cpu):.2e} (tol {FP32_LOSS_RTOL:g})"))
-        checks.append(Check("fp32 CUDA vs CPU: gradient direction", d["median"] >= FP32_GRAD_COS and not d["missing"],
-                       f"median cos {d['median']:.5f} (>= {FP32_GRAD_COS}), min {d['min']:.4f} at {d['worst']}"))
+    cpu = make_step("fp32", torch.device("cpu"), crops, spec)
+    loss_cpu = cpu()
+    g_cpu = gradients(cpu)
+    del cpu
+    d = grad_direction(g32, g_cpu)
+    fig.update(cpu_loss=loss_cpu, cpu_loss_rel=rel(loss32, loss_cpu), cpu_grad_cos=d)
+    checks.append(Check(f"fp32 {device.type} vs CPU: loss", rel(loss32, loss_cpu) <= FP32_LOSS_RTOL,
+                        f"{loss32:.7g} vs {loss_cpu:.7g}: rel {rel(loss32, loss_cpu):.2e} (tol {FP32_LOSS_RTOL:g})"))
+    checks.append(Check(f"fp32 {device.type} vs CPU: gradient direction", d["median"] >= FP32_GRAD_COS and not d["missing"],
+                        f"median cos {d['median']:.5f} (>= {FP32_GRAD_COS}), min {d['min']:.4f} at {d['worst']}"))
     return checks, fig
