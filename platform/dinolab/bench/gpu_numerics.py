@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import statistics
+
 import torch
 
 from .gpu_check import Check
@@ -97,12 +98,17 @@ def rel(a: float, b: float) -> float:
 
 def run_fp16(device: torch.device, crops: list[torch.Tensor], spec: dict = OVERRIDES) -> dict:
     """FP16_STEPS fp16 steps with the grad scaler on one batch: losses, scale after each, steps applied."""
+    from dinolab.train.step import NonFiniteLoss
+
     step = make_step("fp16", device, crops, spec)
     probe = next(p for p in step.student.parameters() if p.requires_grad)
     losses, scales, applied = [], [], 0
     for _ in range(FP16_STEPS):
         before = probe.detach().clone()
-        losses.append(step())
+        try:
+            losses.append(step())
+        except NonFiniteLoss:  # raised before any update: recorded, and the check fails on it
+            losses.append(float("nan"))
         scales.append(float(step.scaler.get_scale()))
         applied += int(not torch.equal(before, probe.detach()))
     params_finite = all_finite(p.detach() for p in step.student.parameters())
@@ -127,7 +133,7 @@ def numerics(device: torch.device, spec: dict = OVERRIDES) -> tuple[list[Check],
     del s32
     fig["fp32_loss"] = loss32
     checks.append(Check("fp32 step: loss and gradients finite", math.isfinite(loss32) and all_finite(g32.values()),
-                   f"loss {loss32:.6g}, {len(g32)} gradients"))
+                        f"loss {loss32:.6g}, {len(g32)} gradients"))
 
     s16 = make_step("bf16", device, crops, spec)
     loss_bf = s16()
@@ -137,19 +143,19 @@ def numerics(device: torch.device, spec: dict = OVERRIDES) -> tuple[list[Check],
     d = grad_direction(g_bf, g32)
     fig.update(bf16_loss=loss_bf, bf16_loss_rel=rel(loss_bf, loss32), bf16_grad_cos=d)
     checks.append(Check("bf16 vs fp32: loss", rel(loss_bf, loss32) <= BF16_LOSS_RTOL,
-                   f"{loss_bf:.6g} vs {loss32:.6g}: rel {rel(loss_bf, loss32):.2e} (tol {BF16_LOSS_RTOL:g})"))
+                        f"{loss_bf:.6g} vs {loss32:.6g}: rel {rel(loss_bf, loss32):.2e} (tol {BF16_LOSS_RTOL:g})"))
     checks.append(Check("bf16 step: gradients and parameters finite", all_finite(g_bf.values()) and params_bf, f"{len(g_bf)} gradients"))
     checks.append(Check("bf16 vs fp32: gradient direction", d["median"] >= BF16_GRAD_COS and not d["missing"],
-                   f"median cos {d['median']:.4f} (>= {BF16_GRAD_COS}), min {d['min']:.4f} at {d['worst']}"))
+                        f"median cos {d['median']:.4f} (>= {BF16_GRAD_COS}), min {d['min']:.4f} at {d['worst']}"))
 
-    f16 = run_fp16(device, crops, spec)
+    f16 = run_fp16(device, crops, spec)  # a non-finite fp16 loss is recorded as nan, so the CPU comparison still runs
     fig["fp16"] = f16
     ok = all(math.isfinite(v) for v in f16["losses"]) and f16["steps_applied"] >= 1 and f16["params_finite"] and f16["scaler_enabled"]
     checks.append(Check("fp16 + grad scaler: steps", ok,
-                   f"losses {', '.join(f'{v:.5g}' for v in f16['losses'])}; scale {', '.join(f'{v:g}' for v in f16['scales'])}; "
-                   f"{f16['steps_applied']}/{FP16_STEPS} optimizer steps applied"))
+                        f"losses {', '.join(f'{v:.5g}' for v in f16['losses'])}; scale {', '.join(f'{v:g}' for v in f16['scales'])}; "
+                        f"{f16['steps_applied']}/{FP16_STEPS} optimizer steps applied"))
     checks.append(Check("fp16 vs fp32: loss", rel(f16["losses"][0], loss32) <= BF16_LOSS_RTOL,
-                   f"rel {rel(f16['losses'][0], loss32):.2e} (tol {BF16_LOSS_RTOL:g})"))
+                        f"rel {rel(f16['losses'][0], loss32):.2e} (tol {BF16_LOSS_RTOL:g})"))
 
     cpu = make_step("fp32", torch.device("cpu"), crops, spec)
     loss_cpu = cpu()
