@@ -4,7 +4,7 @@
 # a PASS/FAIL table is printed at the end. See platform/dinolab/bench/gpu_check.py.
 # Usage: scripts/gpu_check.sh [--dry-run] [--out DIR] [--only STEP ...] [--data PATH | --synthetic] [--train-epochs N] ...
 # Exit: 0 every step PASS, 1 a step FAIL, 3 the GPU steps could not run (no CUDA), 2 bad arguments.
-# pydantic: when this Python lacks it, the wheels in .gpu/wheels (scripts/gpu_wheels.sh, run where there is a
+# pydantic: when this Python lacks it (or has v1), the wheels in .gpu/wheels (scripts/gpu_wheels.sh, run where there is a
 # network) are installed into a temporary folder put on PYTHONPATH; nothing is installed into the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ else PY=python3; fi
 dry=0
 for arg in "$@"; do [ "$arg" = "--dry-run" ] && dry=1; done
 extra=
-if ! "$PY" -c "import pydantic" 2>/dev/null; then
+if ! "$PY" -c "import sys, pydantic; sys.exit(int(pydantic.VERSION.split('.')[0]) < 2)" 2>/dev/null; then  # none, or v1
   wheels=(.gpu/wheels/*.whl)
   if [ ! -e "${wheels[0]}" ]; then
     echo "gpu_check.sh: $PY has no pydantic and .gpu/wheels/ holds no wheels: run scripts/gpu_wheels.sh where there is a network first" >&2
