@@ -1,4 +1,4 @@
-"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, checkpoints, bench.
+"""``dinolab`` command line: run, sweep, status, report, dashboard, ui, server, export, checkpoints, migrate, bench.
 
 Bad input (a wrong key, a missing path, an impossible combination) ends the command with one
 line on stderr naming the key and what is allowed, exit code 2, before anything is written.
@@ -107,6 +107,20 @@ def cmd_checkpoints_upgrade(args) -> int:
     return 1 if counts["refused"] else 0
 
 
+def cmd_migrate(args) -> int:
+    from dinolab.home import default_storage, resolve_tracking_uri
+    from dinolab.migrate import MigrateRefused, migrate
+
+    storage = Path(args.storage).expanduser().resolve() if args.storage else default_storage()
+    uri = resolve_tracking_uri(args.tracking_uri)
+    _print_home(uri, storage)
+    try:
+        return migrate(uri, storage, dry_run=args.dry_run)
+    except MigrateRefused as e:
+        print(f"dinolab: migrate refused: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit 2), like every other bad input."""
 
@@ -170,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("folder", help="a storage root, a trial folder or its checkpoints/ (searched recursively)")
     cu.add_argument("--dry-run", action="store_true", help="say what would be converted; write nothing")
     cu.set_defaults(func=cmd_checkpoints_upgrade)
+
+    m = sub.add_parser("migrate", help="re-derive the trial ids of a store's runs and trial folders after an id-scheme change")
+    m.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+    m.add_argument("--tracking-uri", help="the store (default: $MLFLOW_TRACKING_URI or the dinolab home's SQLite store)")
+    m.add_argument("--storage", help="the storage folder holding trials/ (default: $DINOLAB_HOME)")
+    m.set_defaults(func=cmd_migrate)
 
     b = sub.add_parser("bench", help="the benchmark figures: a table, bench/results/<machine>.json and BENCHMARKS.md")
     b.add_argument("--only", nargs="+", metavar="NAME", help="run only these figures: gemm_fp32 gemm_bf16 step_vit_tiny4 "

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from dinolab import __version__
-from dinolab.config import ExperimentConfig, METHOD_VERSION, config_hash, dump_config, flatten, identity_dict, runtime_dict, trial_id
+from dinolab.config import (
+    ID_SCHEME, METHOD_VERSION, ExperimentConfig, config_hash, dump_config, flatten, identity_dict, resolved_params, runtime_dict,
+    trial_id,
+)
 from dinolab.home import default_storage, redact_uri, resolve_tracking_uri, trial_dir
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ def trial_tags(cfg: ExperimentConfig, tid: str, fingerprint: str, grids: Iterabl
         "dinolab.config_hash": config_hash(cfg),
         "dinolab.data_fingerprint": fingerprint,
         "dinolab.method_version": str(METHOD_VERSION),
+        "dinolab.id_scheme": str(ID_SCHEME),
         "dinolab.version": __version__,
         "dinolab.git_commit": commit,
         "dinolab.git_dirty": dirty,
@@ -195,7 +199,7 @@ def run_trial(
         shutil.rmtree(workdir / "final", ignore_errors=True)
         run_id = start_run(client, experiment_id, cfg.tracking.run_name or cfg.name, tags, parent_run_id)
         reporter = MLflowReporter(client, run_id)
-        reporter.log_params(flatten(identity_dict(cfg)))
+        reporter.log_params({**flatten(identity_dict(cfg)), **resolved_params(cfg)})  # as written, and as trained
         reporter.log_text(dump_config(cfg), "config.yaml")
         reporter.log_text(environment_text(), "environment.txt")
     else:

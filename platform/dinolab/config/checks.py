@@ -19,6 +19,7 @@ def _divisors(n: int) -> list[int]:
 
 
 def check_combinations(cfg: ExperimentConfig, source: str = "config") -> None:
+    from dinolab.models.base import check_side
     from dinolab.models.registry import input_multiple, resolve_arch
 
     try:
@@ -29,19 +30,20 @@ def check_combinations(cfg: ExperimentConfig, source: str = "config") -> None:
     try:
         multiple = input_multiple(cfg.model)
     except ValueError as e:
-        raise ConfigError(f"{source}: model: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
     sizes = {"crops.global_size": cfg.crops.global_size, "eval.image_size": cfg.eval_image_size}
     if cfg.crops.local_number > 0:
         sizes["crops.local_size"] = cfg.crops.local_size
     for key, size in sizes.items():
-        if multiple > 1 and size % multiple:
+        try:
+            check_side(cfg.model.arch, size, multiple, key)
+        except ValueError as e:
             common = [d for d in _divisors(min(sizes.values())) if all(s % d == 0 for s in sizes.values())]
             raise ConfigError(
-                f"{source}: {key}={size} is not a multiple of {multiple} required by model.arch={cfg.model.arch} "
-                f"with model.patch_size={cfg.model.patch_size}"
+                f"{source}: {e} (model.patch_size={cfg.model.patch_size}"
                 + (f", model.window_size={cfg.model.window_size}" if cfg.model.window_size else "")
-                + f"; sizes that fit all crops here need a divisor among {common}"
-            )
+                + f"); sizes that fit all crops here need a divisor among {common}"
+            ) from None
 
     if cfg.crops.local_number > 0 and cfg.crops.local_size > cfg.crops.global_size:
         raise ConfigError(f"{source}: crops.local_size={cfg.crops.local_size} must not exceed crops.global_size={cfg.crops.global_size}")

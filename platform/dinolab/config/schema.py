@@ -46,8 +46,10 @@ class ModelConfig(Section):
         description="Backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50, swin_tiny, ... or any "
         "timm model name. Paper: vit_small.",
     )
+    # Structure knobs: None = the architecture's own value (its spec in dinolab.models, the only place defaults
+    # live). A family refuses a knob it does not use, so a grid row that changes model.arch drags none along.
     patch_size: Optional[int] = Field(
-        None, ge=1, description="ViT/Swin patch size; None = the architecture's own (ViT 16, Swin 4). Paper: 16 (also 8 and 5, Figure 5)."
+        None, ge=1, description="ViT/Swin patch size; None = the architecture's own. Paper: 16 (also 8 and 5, Figure 5)."
     )
     window_size: Optional[int] = Field(
         None, ge=1, description="Swin attention window (EsViT Table 5: 7 or 14). None = the timm model's own."
@@ -55,8 +57,10 @@ class ModelConfig(Section):
     embed_dim: Optional[int] = Field(None, ge=8, description="Override the backbone width (shrinks a model for small images).")
     depths: Optional[list[int]] = Field(None, description="Override depth: an int list per stage (Swin) or [depth] (ViT).")
     num_heads: Optional[Union[int, list[int]]] = Field(None, description="Override attention heads (int for ViT, list per Swin stage).")
-    small_stem: bool = Field(False, description="ResNet: CIFAR-style 3x3 stem without max-pool, for 32 px images.")
-    drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="Stochastic depth, student only. Paper: 0.1; off: 0.")
+    small_stem: Optional[bool] = Field(None, description="ResNet: CIFAR-style 3x3 stem without max-pool, for 32 px images (None = off).")
+    drop_path_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Stochastic depth, student only. Paper: 0.1; off: 0. ResNets (as in DINO) do not use it."
+    )
 
 
 class CropsConfig(Section):

@@ -11,8 +11,9 @@ A backbone maps images ``x (B, 3, H, W)`` to
 - ``get_last_selfattention`` / ``get_intermediate_layers``: ViT only (``supports_attention``).
 
 A family is one subclass registered with ``dinolab.models.registry.register_backbone(family)``;
-its ``archs`` maps the arch aliases it owns to their structure, and two class methods turn a
-``ModelConfig`` into an input-size constraint and a built module.
+its ``archs`` maps the arch aliases it owns to their structure, ``knobs`` names the ``ModelConfig``
+structure fields it reads, and three class methods turn a ``ModelConfig`` into the resolved structure
+(the values the built network really has: the trial id hashes them), an input-size multiple and a module.
 """
 
 from __future__ import annotations
@@ -61,26 +62,48 @@ class Backbone(nn.Module):
 
     # --- what the registry calls -------------------------------------------------------------
 
+    # The ModelConfig structure knobs this family reads; any other one that is set is refused.
+    knobs: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
-    def input_multiple(cls, arch: str, model_cfg: Any) -> int:
-        """Every input side must be a multiple of this (validates the overrides as well)."""
+    def resolve(cls, arch: str, model_cfg: Any) -> dict:
+        """The structure ``arch`` builds after ``model_cfg``'s overrides and the family's defaults
+        (JSON values; part of the trial id). ValueError naming the key when an override is invalid."""
         raise NotImplementedError
 
     @classmethod
-    def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "Backbone":
-        """Build the family's module for ``arch`` with ``model_cfg``'s overrides, never pretrained."""
+    def multiple(cls, structure: dict) -> int:
+        """Every input side must be a multiple of this, given ``resolve``'s structure (1: any size)."""
+        return 1
+
+    @classmethod
+    def uses_drop_path(cls, arch: str) -> bool:
+        """Whether ``model.drop_path_rate`` reaches the network (else it is not part of the trial id)."""
+        return True
+
+    @classmethod
+    def create(cls, arch: str, structure: dict, image_size: int, drop_path_rate: float) -> "Backbone":
+        """Build the family's module for ``arch`` with ``resolve``'s structure, never pretrained."""
         raise NotImplementedError
 
 
-def reject_overrides(arch: str, model_cfg: Any, fields: tuple[str, ...], reason: str) -> None:
-    """ValueError when one of ``fields`` is set (not None / not False) for an arch that has no use for it."""
-    for field in fields:
+# Every structure knob of ModelConfig: a family refuses the ones it does not list in ``knobs``.
+STRUCTURE_KNOBS = ("patch_size", "window_size", "embed_dim", "depths", "num_heads", "small_stem")
+
+
+def reject_unused(cls: type[Backbone], arch: str, model_cfg: Any, reason: str) -> None:
+    """ValueError when a structure knob outside ``cls.knobs`` is set (not None) for ``arch``."""
+    for field in STRUCTURE_KNOBS:
         value = getattr(model_cfg, field, None)
-        if value is not None and value is not False:
-            raise ValueError(f"model.{field}={value!r} does not apply to model.arch={arch}: {reason}")
+        if field not in cls.knobs and value is not None:
+            allowed = ", ".join(f"model.{k}" for k in cls.knobs) or "none"
+            raise ValueError(
+                f"model.{field}={value!r} does not apply to model.arch={arch} ({reason}); "
+                f"this family takes {allowed} (leave model.{field} unset / null)"
+            )
 
 
 def check_side(arch: str, size: int, multiple: int, what: str) -> None:
-    """ValueError when ``size`` is not a positive multiple of ``multiple``."""
+    """ValueError when ``size`` is not a positive multiple of ``multiple`` (the one divisibility check)."""
     if size <= 0 or size % multiple:
         raise ValueError(f"{what}={size} is not a multiple of {multiple}, which model.arch={arch} needs")

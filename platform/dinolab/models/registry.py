@@ -16,7 +16,7 @@ import logging
 from functools import lru_cache
 from typing import Any, Callable, TypeVar
 
-from .base import Backbone
+from .base import Backbone, check_side
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,16 @@ def _family_class(arch: str) -> type[Backbone]:
     return _FAMILIES[family_of(arch)]
 
 
+def resolve_structure(model_cfg: Any) -> dict:
+    """The structure ``model_cfg`` builds: ``{"family": ..., **the family's resolved values}``.
+
+    Defaults are applied here (in the family's ``resolve``, the only place they live), so every
+    spelling of one network resolves to one dict; a knob the family does not use raises ValueError.
+    """
+    cls = _family_class(model_cfg.arch)
+    return {"family": cls.family, **cls.resolve(model_cfg.arch, model_cfg)}
+
+
 def input_multiple(model_cfg: Any) -> int:
     """Every input side (global, local and evaluation crops) must be a multiple of this.
 
@@ -101,7 +111,18 @@ def input_multiple(model_cfg: Any) -> int:
     even grid). ResNet: 1. Other timm models: their patch size if they have a patch embedding,
     else 1. Raises ValueError for an unknown arch or overrides that do not apply to it.
     """
-    return int(_family_class(model_cfg.arch).input_multiple(model_cfg.arch, model_cfg))
+    cls = _family_class(model_cfg.arch)
+    return int(cls.multiple(cls.resolve(model_cfg.arch, model_cfg)))
+
+
+def structure_knobs(arch: str) -> tuple[str, ...]:
+    """The ModelConfig structure knobs ``arch``'s family reads (it refuses the others)."""
+    return _family_class(arch).knobs
+
+
+def uses_drop_path(arch: str) -> bool:
+    """Whether ``model.drop_path_rate`` reaches ``arch``'s network (ResNets and some timm models: no)."""
+    return _family_class(arch).uses_drop_path(arch)
 
 
 def build_backbone(model_cfg: Any, image_size: int, drop_path_rate: float) -> Backbone:
@@ -114,7 +135,9 @@ def build_backbone(model_cfg: Any, image_size: int, drop_path_rate: float) -> Ba
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
     cls = _family_class(model_cfg.arch)
-    backbone = cls.create(model_cfg.arch, model_cfg, int(image_size), float(drop_path_rate))
+    structure = cls.resolve(model_cfg.arch, model_cfg)
+    check_side(model_cfg.arch, int(image_size), cls.multiple(structure), "image_size")
+    backbone = cls.create(model_cfg.arch, structure, int(image_size), float(drop_path_rate))
     n_params = sum(p.numel() for p in backbone.parameters())
     log.info("built %s (%s family, D=%d, %.2fM parameters, drop_path_rate=%g)",
              model_cfg.arch, cls.family, backbone.embed_dim, n_params / 1e6, drop_path_rate)

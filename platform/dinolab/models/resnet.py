@@ -22,7 +22,7 @@ import timm
 import torch
 from torch import nn
 
-from .base import Backbone, reject_overrides
+from .base import Backbone, reject_unused
 from .registry import register_backbone
 
 log = logging.getLogger(__name__)
@@ -35,27 +35,33 @@ class ResNetSpec:
 
 
 STAGES = 4
+BASE_WIDTH = 64  # the first stage's width of both timm ResNets (doubled per stage)
 
 
-def _check(arch: str, model_cfg: Any) -> dict[str, Any]:
-    """The timm kwargs that shrink the model (empty for the named model), or ValueError naming the key."""
-    reject_overrides(
-        arch, model_cfg, ("window_size", "num_heads"), "a ResNet has convolutions, not attention windows or heads",
+def _structure(arch: str, model_cfg: Any) -> dict[str, Any]:
+    """The ResNet ``arch`` builds after ``model_cfg``'s overrides, or ValueError naming the key.
+
+    ``block`` (timm's model name: basic blocks for resnet18, bottlenecks for resnet50), ``layers``
+    (blocks per stage), ``channels`` (stage widths) and ``small_stem``: the only place the
+    defaults fill unset knobs.
+    """
+    reject_unused(
+        ResNetBackbone, arch, model_cfg, "a ResNet has convolutions, not patches, attention windows or heads",
     )
     spec = ResNetBackbone.archs[arch]
-    kwargs: dict[str, Any] = {}
-    depths = getattr(model_cfg, "depths", None)
-    if depths is not None:
-        if len(depths) != STAGES or any(int(d) < 1 for d in depths):
-            raise ValueError(
-                f"model.depths={list(depths)!r}: a ResNet takes {STAGES} positive block counts, one per stage, "
-                f"e.g. {list(spec.depths)} (model.arch={arch})"
-            )
-        kwargs["layers"] = tuple(int(d) for d in depths)
-    width = getattr(model_cfg, "embed_dim", None)
-    if width is not None:
-        kwargs["channels"] = tuple(int(width) * 2**i for i in range(STAGES))  # (w, 2w, 4w, 8w)
-    return kwargs
+    depths = model_cfg.depths
+    if depths is not None and (len(depths) != STAGES or any(int(d) < 1 for d in depths)):
+        raise ValueError(
+            f"model.depths={list(depths)!r}: a ResNet takes {STAGES} positive block counts, one per stage, "
+            f"e.g. {list(spec.depths)} (model.arch={arch})"
+        )
+    width = BASE_WIDTH if model_cfg.embed_dim is None else int(model_cfg.embed_dim)
+    return dict(
+        block=spec.timm_name,
+        layers=[int(d) for d in (depths if depths is not None else spec.depths)],
+        channels=[width * 2**i for i in range(STAGES)],  # (w, 2w, 4w, 8w)
+        small_stem=bool(model_cfg.small_stem),
+    )
 
 
 @register_backbone("resnet")
@@ -63,24 +69,27 @@ class ResNetBackbone(Backbone):
     """A timm ResNet behind the backbone contract; ``self.model`` is the timm module."""
 
     archs = {"resnet18": ResNetSpec("resnet18", (2, 2, 2, 2)), "resnet50": ResNetSpec("resnet50", (3, 4, 6, 3))}
+    knobs = ("embed_dim", "depths", "small_stem")
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model.num_features)
         self.model = model
 
     @classmethod
-    def input_multiple(cls, arch: str, model_cfg: Any) -> int:
-        _check(arch, model_cfg)
-        return 1  # convolutions and adaptive pooling take any size
+    def resolve(cls, arch: str, model_cfg: Any) -> dict:
+        return _structure(arch, model_cfg)
 
     @classmethod
-    def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "ResNetBackbone":
-        shrink = _check(arch, model_cfg)
+    def uses_drop_path(cls, arch: str) -> bool:
+        return False  # DINO trains ResNets without stochastic depth
+
+    @classmethod
+    def create(cls, arch: str, structure: dict, image_size: int, drop_path_rate: float) -> "ResNetBackbone":
         if drop_path_rate > 0:
             log.debug("%s: drop_path_rate=%g ignored (DINO trains ResNets without stochastic depth)", arch, drop_path_rate)
-        model = timm.create_model(cls.archs[arch].timm_name, pretrained=False, num_classes=0, zero_init_last=False,
-                                  **shrink)
-        if getattr(model_cfg, "small_stem", False):
+        model = timm.create_model(structure["block"], pretrained=False, num_classes=0, zero_init_last=False,
+                                  layers=tuple(structure["layers"]), channels=tuple(structure["channels"]))
+        if structure["small_stem"]:
             width = model.conv1.out_channels
             model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

@@ -23,7 +23,7 @@ import timm
 import torch
 from torch import nn
 
-from .base import Backbone, check_side, reject_overrides
+from .base import Backbone, check_side, reject_unused
 from .registry import register_backbone
 
 
@@ -38,10 +38,13 @@ class SwinSpec:
 
 
 def _structure(arch: str, spec: SwinSpec, model_cfg: Any) -> dict:
-    """The timm keyword arguments for ``arch`` after ``model_cfg``'s overrides (ValueError if invalid)."""
-    reject_overrides(arch, model_cfg, ("small_stem",), "small_stem is a ResNet stem")
-    depths = getattr(model_cfg, "depths", None)
-    num_heads = getattr(model_cfg, "num_heads", None)
+    """The timm keyword arguments for ``arch`` after ``model_cfg``'s overrides (ValueError if invalid).
+
+    The only place a Swin's defaults (the spec's patch, window, width, depths, heads) fill unset knobs.
+    """
+    reject_unused(SwinBackbone, arch, model_cfg, "small_stem is a ResNet stem")
+    depths = model_cfg.depths
+    num_heads = model_cfg.num_heads
     if num_heads is not None and isinstance(num_heads, int):
         raise ValueError(f"model.num_heads={num_heads!r}: a Swin takes one int per stage, e.g. [3, 6, 12, 24] (model.arch={arch})")
     depths = tuple(int(d) for d in depths) if depths is not None else spec.depths
@@ -52,25 +55,21 @@ def _structure(arch: str, spec: SwinSpec, model_cfg: Any) -> dict:
         raise ValueError(
             f"model.num_heads={list(heads)} and model.depths={list(depths)} must have one entry per stage (model.arch={arch})"
         )
-    embed_dim = int(getattr(model_cfg, "embed_dim", None) or spec.embed_dim)
+    embed_dim = int(spec.embed_dim if model_cfg.embed_dim is None else model_cfg.embed_dim)
     for stage, h in enumerate(heads):
         width = embed_dim * 2**stage
         if h < 1 or width % h:
             raise ValueError(
-                f"stage {stage} width {width} (model.embed_dim={embed_dim} * 2^{stage}) is not divisible by "
-                f"model.num_heads[{stage}]={h} (model.arch={arch})"
+                f"model.num_heads[{stage}]={h} must be >= 1 and divide stage {stage}'s width {width} "
+                f"(model.embed_dim={embed_dim} * 2^{stage}; model.arch={arch})"
             )
     return dict(
-        patch_size=int(getattr(model_cfg, "patch_size", None) or spec.patch_size),
-        window_size=int(getattr(model_cfg, "window_size", None) or spec.window_size),
+        patch_size=int(spec.patch_size if model_cfg.patch_size is None else model_cfg.patch_size),
+        window_size=int(spec.window_size if model_cfg.window_size is None else model_cfg.window_size),
         embed_dim=embed_dim,
-        depths=depths,
-        num_heads=heads,
+        depths=list(depths),
+        num_heads=list(heads),
     )
-
-
-def _multiple(structure: dict) -> int:
-    return structure["patch_size"] * 2 ** (len(structure["depths"]) - 1)
 
 
 @register_backbone("swin")
@@ -88,25 +87,30 @@ class SwinBackbone(Backbone):
         self.model = model
         self.multiple = int(multiple)
 
-    @classmethod
-    def input_multiple(cls, arch: str, model_cfg: Any) -> int:
-        return _multiple(_structure(arch, cls.archs[arch], model_cfg))
+    knobs = ("patch_size", "window_size", "embed_dim", "depths", "num_heads")
 
     @classmethod
-    def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "SwinBackbone":
-        spec = cls.archs[arch]
-        structure = _structure(arch, spec, model_cfg)
-        multiple = _multiple(structure)
-        check_side(arch, image_size, multiple, "image_size")
+    def resolve(cls, arch: str, model_cfg: Any) -> dict:
+        # Every Swin alias is timm's SwinTransformer with the same block recipe: these five values are the network.
+        return _structure(arch, cls.archs[arch], model_cfg)
+
+    @classmethod
+    def multiple(cls, structure: dict) -> int:
+        return structure["patch_size"] * 2 ** (len(structure["depths"]) - 1)
+
+    @classmethod
+    def create(cls, arch: str, structure: dict, image_size: int, drop_path_rate: float) -> "SwinBackbone":
+        multiple = cls.multiple(structure)
+        kwargs = {**structure, "depths": tuple(structure["depths"]), "num_heads": tuple(structure["num_heads"])}
         model = timm.create_model(
-            spec.timm_name,
+            cls.archs[arch].timm_name,
             pretrained=False,
             num_classes=0,
             img_size=image_size,  # fixes each stage's window / shift for the global crop
             strict_img_size=False,  # other sizes: the shifted-window mask is built per input
             global_pool="avg",
             drop_path_rate=drop_path_rate,  # explicit: timm's Swin default is 0.1, the teacher needs 0
-            **structure,
+            **kwargs,
         )
         return cls(model, multiple)
 
@@ -116,8 +120,8 @@ class SwinBackbone(Backbone):
         h = H / (patch * 2^(stages-1)); tokens are taken after the final LayerNorm.
         """
         height, width = x.shape[-2:]
-        if height % self.multiple or width % self.multiple:
-            raise ValueError(f"input {height}x{width} px is not a multiple of {self.multiple} (patch * 2^(stages-1))")
+        for what, side in (("input height", height), ("input width", width)):
+            check_side(self.family, side, self.multiple, what)
         features = self.model.forward_features(x)  # (B, h, w, C), NHWC, after the final norm
         tokens = features.flatten(1, 2)
         return tokens.mean(dim=1), tokens

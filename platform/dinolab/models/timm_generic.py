@@ -4,7 +4,10 @@ The model is ``timm.create_model(name, pretrained=False, num_classes=0, ...)``; 
 takes them, ``img_size`` (the global crop), ``dynamic_img_size=True`` (or ``strict_img_size=False``)
 and ``drop_path_rate`` are passed, and the overrides ``embed_dim``, ``depths``, ``num_heads``,
 ``window_size`` when set (ValueError when the class has no such argument). A timm name fixes its
-own patch size, so ``model.patch_size`` is ignored here. The pooled feature is
+own patch size and stem, so ``model.patch_size`` and ``model.small_stem`` are refused. The resolved
+structure (the trial id's part) is the timm name and the overrides that change the network: one
+equal to the model's own value (same parameters and same module settings when both are built on
+the meta device) is dropped, so ``depths: [12]`` on a 12-block ViT is the same trial as no override. The pooled feature is
 ``forward_head(forward_features(x), pre_logits=True)``; the tokens are ``forward_features(x)``
 as (B, N, C): a (B, C, h, w) or (B, h, w, C) map flattened, or a (B, T, C) sequence without its
 prefix ([CLS] / register) tokens. ``token_dim`` (C) can differ from ``embed_dim`` (D) when the
@@ -24,7 +27,7 @@ import timm
 import torch
 from torch import nn
 
-from .base import Backbone, check_side, reject_overrides
+from .base import Backbone, reject_unused
 from .registry import register_backbone
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def _probe(name: str) -> _Probe:
 
 def _override_kwargs(arch: str, model_cfg: Any, probe: _Probe) -> dict:
     """timm keyword arguments for the overrides set in ``model_cfg`` (ValueError when the class lacks one)."""
-    reject_overrides(arch, model_cfg, ("small_stem",), "small_stem is a ResNet stem (use the resnet18 / resnet50 aliases)")
+    reject_unused(TimmBackbone, arch, model_cfg, "a timm model name fixes its own patch size and stem")
     kwargs: dict = {}
     for field in ("embed_dim", "num_heads", "window_size"):
         value = getattr(model_cfg, field, None)
@@ -63,16 +66,64 @@ def _override_kwargs(arch: str, model_cfg: Any, probe: _Probe) -> dict:
             continue
         if field not in probe.init_args:
             raise ValueError(f"model.{field}={value!r}: timm model {arch} has no {field} argument")
-        kwargs[field] = tuple(value) if isinstance(value, list) else value
+        kwargs[field] = list(value) if isinstance(value, (list, tuple)) else value
     depths = getattr(model_cfg, "depths", None)
     if depths is not None:
         if "depths" in probe.init_args:
-            kwargs["depths"] = tuple(int(d) for d in depths)
+            kwargs["depths"] = [int(d) for d in depths]
         elif "depth" in probe.init_args and len(depths) == 1:
             kwargs["depth"] = int(depths[0])
         else:
             raise ValueError(f"model.depths={depths!r}: timm model {arch} takes neither depths (per stage) nor one depth")
     return kwargs
+
+
+def _timm_kwargs(kwargs: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+_SCALARS = (bool, int, float, str)
+
+
+@lru_cache(maxsize=256)
+def _fingerprint(name: str, frozen_kwargs: str) -> str:
+    """What ``timm.create_model(name, **kwargs)`` builds: every parameter's and buffer's shape and every
+    module's type and scalar settings (heads, window, ...), hashed; built on the meta device (no memory)."""
+    import hashlib
+    import json
+
+    kwargs = _timm_kwargs(json.loads(frozen_kwargs))
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except Exception as e:  # noqa: BLE001 - as in _probe: some models read tensor values in __init__
+        log.debug("meta build of %s failed (%s); building on the CPU", name, e)
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    parts = [(n, list(t.shape)) for n, t in model.state_dict().items()]
+    for path, module in model.named_modules():
+        settings = {k: v if not isinstance(v, tuple) else list(v) for k, v in vars(module).items()
+                    if not k.startswith("_") and (isinstance(v, _SCALARS) or (isinstance(v, tuple) and all(isinstance(x, _SCALARS) for x in v)))}
+        parts.append((path, type(module).__name__, sorted(settings.items())))
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def _effective(name: str, kwargs: dict) -> dict:
+    """``kwargs`` without the overrides that build what the model builds without them."""
+    import json
+
+    def fp(kw: dict) -> str | None:
+        try:
+            return _fingerprint(name, json.dumps(kw, sort_keys=True))
+        except Exception:  # noqa: BLE001 - e.g. a width the default heads do not divide: the override is needed
+            return None
+
+    if not kwargs:
+        return {}
+    try:
+        full = _fingerprint(name, json.dumps(kwargs, sort_keys=True))
+    except Exception as e:  # noqa: BLE001 - timm asserts on impossible structures
+        raise ValueError(f"model overrides {kwargs} do not build timm model {name}: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in kwargs.items() if fp({j: w for j, w in kwargs.items() if j != k}) != full}
 
 
 @register_backbone("timm")
@@ -88,18 +139,25 @@ class TimmBackbone(Backbone):
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
 
-    @classmethod
-    def input_multiple(cls, arch: str, model_cfg: Any) -> int:
-        probe = _probe(arch)
-        _override_kwargs(arch, model_cfg, probe)
-        return probe.patch_size or 1
+    knobs = ("embed_dim", "depths", "num_heads", "window_size")
 
     @classmethod
-    def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "TimmBackbone":
+    def resolve(cls, arch: str, model_cfg: Any) -> dict:
+        overrides = _override_kwargs(arch, model_cfg, _probe(arch))
+        return {"timm_name": arch, "overrides": _effective(arch, overrides)}
+
+    @classmethod
+    def multiple(cls, structure: dict) -> int:
+        return _probe(structure["timm_name"]).patch_size or 1
+
+    @classmethod
+    def uses_drop_path(cls, arch: str) -> bool:
+        return "drop_path_rate" in _probe(arch).init_args
+
+    @classmethod
+    def create(cls, arch: str, structure: dict, image_size: int, drop_path_rate: float) -> "TimmBackbone":
         probe = _probe(arch)
-        kwargs = _override_kwargs(arch, model_cfg, probe)
-        if probe.patch_size:
-            check_side(arch, image_size, probe.patch_size, "image_size")
+        kwargs = _timm_kwargs(structure["overrides"])
         if "img_size" in probe.init_args:
             kwargs["img_size"] = image_size
         if "dynamic_img_size" in probe.init_args:

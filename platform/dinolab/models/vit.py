@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Backbone, check_side, reject_overrides
+from .base import Backbone, check_side, reject_unused
 from .registry import register_backbone
 
 
@@ -42,20 +42,24 @@ class ViTSpec:
 
 
 def _structure(arch: str, spec: ViTSpec, model_cfg: Any) -> dict:
-    """The timm keyword arguments for ``arch`` after ``model_cfg``'s overrides (ValueError if invalid)."""
-    reject_overrides(arch, model_cfg, ("window_size", "small_stem"), "a ViT has global attention and a patch stem")
-    depths = getattr(model_cfg, "depths", None)
+    """The timm keyword arguments for ``arch`` after ``model_cfg``'s overrides (ValueError if invalid).
+
+    The only place a ViT's defaults (the spec's patch size, width, depth, heads) fill unset knobs.
+    """
+    reject_unused(ViTBackbone, arch, model_cfg, "a ViT has global attention and a patch stem")
+    depths = model_cfg.depths
     if depths is not None and (len(depths) != 1 or int(depths[0]) < 1):
         raise ValueError(f"model.depths={depths!r}: a ViT takes one positive depth, e.g. [12] (model.arch={arch})")
-    num_heads = getattr(model_cfg, "num_heads", None)
-    if num_heads is not None and not isinstance(num_heads, int):
+    num_heads = model_cfg.num_heads
+    if isinstance(num_heads, list):
         raise ValueError(f"model.num_heads={num_heads!r}: a ViT takes one int (model.arch={arch})")
-    patch_size = getattr(model_cfg, "patch_size", None) or spec.patch_size
-    embed_dim = getattr(model_cfg, "embed_dim", None) or spec.embed_dim
-    heads = num_heads or spec.num_heads
+    patch_size = spec.patch_size if model_cfg.patch_size is None else model_cfg.patch_size
+    embed_dim = spec.embed_dim if model_cfg.embed_dim is None else model_cfg.embed_dim
+    heads = spec.num_heads if num_heads is None else num_heads
     if heads < 1 or embed_dim % heads:
         raise ValueError(
-            f"model.embed_dim={embed_dim} must be divisible by model.num_heads={heads} (model.arch={arch})"
+            f"model.num_heads={heads} must be >= 1 and divide model.embed_dim={embed_dim} (model.arch={arch}; "
+            f"heads that fit: {[h for h in range(1, embed_dim + 1) if embed_dim % h == 0 and h <= 64]})"
         )
     return dict(
         patch_size=int(patch_size),
@@ -84,17 +88,21 @@ class ViTBackbone(Backbone):
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.num_heads = int(model.blocks[-1].attn.num_heads)
 
-    @classmethod
-    def input_multiple(cls, arch: str, model_cfg: Any) -> int:
-        return _structure(arch, cls.archs[arch], model_cfg)["patch_size"]
+    knobs = ("patch_size", "embed_dim", "depths", "num_heads")
 
     @classmethod
-    def create(cls, arch: str, model_cfg: Any, image_size: int, drop_path_rate: float) -> "ViTBackbone":
-        spec = cls.archs[arch]
-        structure = _structure(arch, spec, model_cfg)
-        check_side(arch, image_size, structure["patch_size"], "image_size")
+    def resolve(cls, arch: str, model_cfg: Any) -> dict:
+        # Every ViT alias is timm's VisionTransformer with the same block recipe: these four values are the network.
+        return _structure(arch, cls.archs[arch], model_cfg)
+
+    @classmethod
+    def multiple(cls, structure: dict) -> int:
+        return structure["patch_size"]
+
+    @classmethod
+    def create(cls, arch: str, structure: dict, image_size: int, drop_path_rate: float) -> "ViTBackbone":
         model = timm.create_model(
-            spec.timm_name,
+            cls.archs[arch].timm_name,
             pretrained=False,
             num_classes=0,
             img_size=image_size,  # position embeddings for the global-crop grid
@@ -138,8 +146,8 @@ class ViTBackbone(Backbone):
         """(B, 3, H, W) -> [CLS] + patch tokens with position embeddings, (B, 1 + N, D), N = HW / p^2."""
         m = self.model
         batch, _, height, width = x.shape
-        if height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"input {height}x{width} px is not a multiple of the patch size {self.patch_size}")
+        for side in (height, width):
+            check_side(self.family, side, self.patch_size, "an input side (whole patches: the patch size)")
         x = m.patch_embed(x)  # (B, h, w, D): dynamic_img_size keeps the grid
         grid_h, grid_w = x.shape[1], x.shape[2]
         x = torch.cat([m.cls_token.expand(batch, -1, -1), x.flatten(1, 2)], dim=1)
