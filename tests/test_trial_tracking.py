@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from dinolab.config import flatten, identity_dict, load_experiment
+from dinolab.config import ID_SCHEME, flatten, identity_dict, load_experiment, resolved_params
 from dinolab.trial import run_trial, summaries
 from dinolab.track.mlflow_store import client_for
 
@@ -19,8 +19,9 @@ def test_trial_logs_params_tags_metrics_and_artifacts(repo_root, tiny_overrides,
     run = client.get_run(outcome.run_id)
     d = run.data
 
-    # params: exactly the flattened identity fields; runtime fields are tags.
-    assert d.params == {k: str(v) for k, v in flatten(identity_dict(cfg)).items()}
+    # params: exactly the flattened identity fields as written, and as resolved (resolved.*); runtime fields are tags.
+    assert d.params == {**{k: str(v) for k, v in flatten(identity_dict(cfg)).items()}, **resolved_params(cfg)}
+    assert d.params["resolved.model.embed_dim"] == str(cfg.model.embed_dim) and d.tags["dinolab.id_scheme"] == str(ID_SCHEME)
     assert "data.root" not in d.params and "runtime.data.num_workers" in d.tags
     for tag in ("dinolab.trial_id", "dinolab.config_hash", "dinolab.git_commit", "dinolab.git_dirty", "dinolab.torch",
                 "dinolab.device", "dinolab.data_fingerprint", "dinolab.collapsed", "dinolab.method_version"):
@@ -69,6 +70,12 @@ BAD_INPUTS = [
     (["--set", "eval.image_size=30"], "eval.image_size"),                  # patch 4 does not divide the eval size
     (["--set", "data.name=imagefolder", "--set", "data.root=/nonexistent/x"], "data.root"),  # missing path
     (["--set", "train.epochs"], "dotted.key=value"),                        # malformed --set
+    # a knob the family does not use (demo.yaml's ViT patch size on a ResNet), and what the family takes
+    (["--set", "model.arch=resnet18"], "model.patch_size=4 does not apply to model.arch=resnet18"),
+    (["--set", "model.arch=resnet18"], "takes model.embed_dim, model.depths, model.small_stem"),
+    (["--set", "model.window_size=7"], "model.window_size=7 does not apply to model.arch=vit_tiny"),
+    (["--set", "model.num_heads=0"], "model.num_heads=0 must be >= 1 and divide model.embed_dim=96"),
+    (["--set", "model.num_heads=5"], "model.num_heads=5 must be >= 1 and divide model.embed_dim=96"),
 ]
 
 

@@ -199,8 +199,11 @@ def resolved_identity(cfg: ExperimentConfig) -> dict:
     config checks turn that into a ConfigError before any id is computed.
     """
     out = {section: resolve(cfg) for section, (resolve, _) in _RESOLVERS.items()}
-    for section, extra in _later_knobs(cfg, {s: names for s, (_, names) in _RESOLVERS.items()}).items():
-        out.setdefault(section, {}).update(extra)
+    for key, extra in _later_knobs(cfg, {s: names for s, (_, names) in _RESOLVERS.items()}).items():
+        if isinstance(extra, dict):  # fields added to a section
+            out.setdefault(key, {}).update(extra)
+        else:  # a top-level field
+            out[key] = extra
     return out
 
 

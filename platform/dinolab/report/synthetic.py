@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from dinolab.config import ExperimentConfig, flatten, identity_dict
+from dinolab.config import ExperimentConfig, flatten, identity_dict, resolved_params
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 
@@ -86,7 +86,7 @@ def log_trial_run(
         tags.update({"dinolab.collapsed": "true" if collapsed else "false", "dinolab.collapse_reason": collapse_reason})
     if failure_reason:
         tags["dinolab.failure_reason"] = failure_reason
-    params = [Param(k, str(v)) for k, v in flatten(identity_dict(cfg)).items()]
+    params = [Param(k, str(v)) for k, v in {**flatten(identity_dict(cfg)), **resolved_params(cfg)}.items()]
     run_tags = [RunTag(k, v) for k, v in tags.items()]
     if len(params) <= 100 and len(run_tags) <= 100 and len(params) + len(run_tags) + len(metrics) <= 1000:
         client.log_batch(run_id, metrics=metrics, params=params, tags=run_tags)  # MLflow's per-batch limits
