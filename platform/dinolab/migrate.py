@@ -58,7 +58,7 @@ def _sha(obj, n: int) -> str:
 
 
 def _v1_verify(identity: dict, tags: dict) -> Optional[str]:
-    """Scheme 1 (dinolab up to fde5b10): sha256 over every identity field as written, frozen here."""
+    """Scheme 1 (dinolab up to b299324): sha256 over every identity field as written, frozen here."""
     try:
         method_version = int(tags.get("dinolab.method_version", "1"))
     except ValueError:
