@@ -73,14 +73,16 @@ def _v1_verify(identity: dict, tags: dict) -> Optional[str]:
 
 def _v1_to_v2(identity: dict) -> dict:
     """Scheme 2 leaves family knobs unset (None) where scheme 1 had defaults or ignored values: a
-    ResNet's or timm model's inherited patch_size, small_stem=False. The network was the same."""
+    ResNet's or timm model's inherited patch_size, small_stem=False. The network was the same: scheme 1's
+    families ignored (or refused) the knobs today's families refuse."""
+    from dinolab.models.base import STRUCTURE_KNOBS
     from dinolab.models.registry import structure_knobs
 
     model = dict(identity.get("model", {}))
     if model.get("small_stem") is False:
         model["small_stem"] = None
     used = structure_knobs(model.get("arch", "vit_small"))
-    for knob in ("patch_size", "window_size", "embed_dim", "depths", "num_heads", "small_stem"):
+    for knob in STRUCTURE_KNOBS:
         if knob not in used:
             model[knob] = None
     return {**identity, "model": model}
