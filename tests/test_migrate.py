@@ -126,3 +126,21 @@ def test_migrate_refuses_while_a_claim_is_held(v1_store):
         lock.release()
     client = store.open_client(uri)
     assert {row: r.trial_id for row, r in _runs_by_row(client).items()} == V1  # nothing changed
+
+
+def test_a_launch_onto_an_unmigrated_store_is_refused_until_migrate_ran(v1_store, tmp_path, capsys):
+    uri, storage, configs = v1_store
+    exp = tmp_path / "b.yaml"
+    exp.write_text("name: b\nmodel: {arch: vit_tiny}\n")
+    argv = ["run", str(exp)] + [f"--set={s}" for s in _recipe().TINY + _recipe().ROWS["b"]]
+    client = store.open_client(uri)
+    n_runs = len([r for recs in store.trial_runs(client).values() for r in recs])
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "older trial-id scheme" in err[0] and "dinolab migrate" in err[0]
+    assert len([r for recs in store.trial_runs(client).values() for r in recs]) == n_runs  # nothing started
+    assert main(["migrate"]) == 0
+    from dinolab.migrate import require_current_scheme
+
+    require_current_scheme(client, storage, uri)  # migrated: a launch may go on

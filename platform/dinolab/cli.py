@@ -38,6 +38,12 @@ def cmd_run(args) -> int:
     check_training_data(cfg)
     storage = writable_folder(args.storage or default_storage(), "--storage" if args.storage else home_label())
     uri = check_tracking(resolve_tracking_uri(cfg.tracking.uri), uri_source(None, cfg.tracking.uri), write=True)
+    from dinolab.sweep import store
+
+    if store.store_exists(uri):
+        from dinolab.migrate import require_current_scheme
+
+        require_current_scheme(store.open_client(uri), storage, uri)
     _print_home(uri, storage)
     outcome = run_trial(cfg, storage=storage, fresh=args.fresh)
     print(f"run {outcome.run_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))

@@ -38,6 +38,7 @@ from typing import Callable, Optional
 
 from dinolab.config import ID_SCHEME, ExperimentConfig, config_hash, resolved_params, trial_id
 from dinolab.config.identity import RESOLVED_PREFIX
+from dinolab.home import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,31 @@ def write_marker(storage: Path, backup: Optional[Path]) -> None:
     os.replace(tmp, storage / MARKER)
 
 
+def require_current_scheme(client, storage: Path, tracking_uri: str) -> None:
+    """Refuse a launch (``dinolab run``, ``sweep``) onto a store still holding runs of an older id scheme.
+
+    Their trial ids name what the old scheme hashed, so a launch would not find them and would train finished
+    trials again. ``<storage>/id_scheme.json`` at ``ID_SCHEME`` means migrate has run (runs it could not carry
+    over were named then); otherwise one run of an older scheme (no ``dinolab.id_scheme`` tag = 1) refuses."""
+    from mlflow.entities import ViewType
+
+    from dinolab.config import ConfigError
+    from dinolab.sweep.store import TRIAL_TAG, active_experiment_ids
+
+    try:
+        if json.loads((Path(storage) / MARKER).read_text()).get("id_scheme") == ID_SCHEME:
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    experiments = active_experiment_ids(client)
+    for older in (f"tags.`{TRIAL_TAG}` IS NOT NULL AND tags.`{SCHEME_TAG}` IS NULL",
+                  f"tags.`{TRIAL_TAG}` IS NOT NULL AND tags.`{SCHEME_TAG}` != '{ID_SCHEME}'"):
+        if experiments and client.search_runs(experiments, older, run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
+            raise ConfigError(f"the tracking store {redact_uri(tracking_uri)} holds trial runs of an older trial-id scheme: "
+                              f"run `dinolab migrate --dry-run`, then `dinolab migrate`, before launching "
+                              f"(else finished trials would train again)")
+
+
 def migrate(tracking_uri: str, storage: Path, dry_run: bool = False, echo: Callable[[str], None] = print) -> int:
     """The command: 0 when the store is at ``ID_SCHEME`` afterwards (or would be), 1 when some runs were left."""
     from dinolab.sweep import store
@@ -353,7 +379,7 @@ def migrate(tracking_uri: str, storage: Path, dry_run: bool = False, echo: Calla
         echo(line)
     if plan.empty:
         echo(f"store at id scheme {ID_SCHEME}: nothing to migrate" + (f" ({len(plan.left)} runs left as they are)" if plan.left else ""))
-        if not dry_run and not plan.left:
+        if not dry_run:  # the runs left were named above; a launch may go on without them
             write_marker(storage, None)
         return 1 if plan.left else 0
     if dry_run:

@@ -127,7 +127,11 @@ def plan_grid(grid, storage: Optional[Path] = None, *, rerun: bool = False, reru
         trials.append((tid, t))
     runs: dict[str, list] = {tid: [] for tid, _ in trials}
     if store.store_exists(uri):
-        runs = store.trial_runs(store.open_client(uri), [tid for tid, _ in trials])
+        from dinolab.migrate import require_current_scheme
+
+        client = store.open_client(uri)
+        require_current_scheme(client, storage, uri)
+        runs = store.trial_runs(client, [tid for tid, _ in trials])
     items = []
     for tid, t in trials:
         current = store.current_run(runs[tid])
