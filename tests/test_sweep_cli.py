@@ -58,16 +58,18 @@ def test_dry_run_lists_every_trial_and_writes_nothing(grid_file, capsys):
 
 
 def test_status_reads_runs_by_trial_id(grid_file, capsys, tmp_path):
+    from dinolab.config import ID_SCHEME
     from dinolab.track.mlflow_store import client_for, get_or_create_experiment
 
     ids = _ids(grid_file)
     client = client_for(default_tracking_uri())
     exp = get_or_create_experiment(client, "dinolab")
-    done = client.create_run(exp, tags={"dinolab.trial_id": ids[("ema", 0)]}).info.run_id
+    scheme = {"dinolab.id_scheme": str(ID_SCHEME)}  # runs of today's trial ids (older ones would need dinolab migrate)
+    done = client.create_run(exp, tags={"dinolab.trial_id": ids[("ema", 0)], **scheme}).info.run_id
     client.set_terminated(done, "FINISHED")
-    failed = client.create_run(exp, tags={"dinolab.trial_id": ids[("ema", 1)], "dinolab.failure_reason": "non-finite loss: nan"})
+    failed = client.create_run(exp, tags={"dinolab.trial_id": ids[("ema", 1)], "dinolab.failure_reason": "non-finite loss: nan", **scheme})
     client.set_terminated(failed.info.run_id, "FAILED")
-    client.create_run(exp, tags={"dinolab.trial_id": ids[("fast ema", 0)], "dinolab.heartbeat": "1"})  # owner gone
+    client.create_run(exp, tags={"dinolab.trial_id": ids[("fast ema", 0)], "dinolab.heartbeat": "1", **scheme})  # owner gone
 
     assert main(["status", str(grid_file)]) == 0
     out = capsys.readouterr().out
