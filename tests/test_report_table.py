@@ -378,3 +378,29 @@ def test_params_cast_through_the_schema():
     assert cast_param("train.lr", "0.0005") == pytest.approx(5e-4)
     assert cast_param("model.depths", "[4]") == [4]
     assert cast_param("not.a.field", "7") == "7"
+
+
+def test_sql_fast_path_reads_what_the_mlflow_client_reads(store):
+    """The SQL reader reads MLflow's private tables: each run's every field, as read through the public
+    ``MlflowClient``, comes back the same, so a change of MLflow's schema fails here, not in a report."""
+    from mlflow.tracking import MlflowClient
+
+    from dinolab.report.runs import is_missing
+    from dinolab.track import contract
+
+    client = MlflowClient(tracking_uri=store["uri"])
+    sql = load_runs(store["uri"], method="sql")
+    exp = client.get_experiment_by_name("report-test").experiment_id
+    expected = {r.info.run_id for r in client.search_runs([exp], f"tags.`{contract.TRIAL_ID}` IS NOT NULL", max_results=1000)}
+    assert set(sql["run_id"]) == expected and len(sql) == len(expected) == 20  # both grids
+    for rec in sql.to_dict("records"):
+        run = client.get_run(rec["run_id"])
+        info = run.info
+        assert (rec["experiment_id"], rec["status"], rec["artifact_uri"], rec["run_name"]) == (
+            info.experiment_id, info.status, info.artifact_uri, info.run_name)
+        assert rec["start_time"] == pd.Timestamp(info.start_time, unit="ms", tz="UTC")
+        assert (None if pd.isna(rec["end_time"]) else rec["end_time"]) == (
+            None if info.end_time is None else pd.Timestamp(info.end_time, unit="ms", tz="UTC"))
+        for prefix, logged in (("metrics.", run.data.metrics), ("params.", run.data.params), ("tags.", run.data.tags)):
+            read = {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix) and not is_missing(v)}
+            assert read == logged, (prefix, rec["run_id"])

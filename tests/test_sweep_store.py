@@ -7,6 +7,7 @@ import time
 import pytest
 
 from dinolab.sweep import store
+from dinolab.track import contract
 from dinolab.sweep.locks import FileLock, claim_path
 
 
@@ -21,7 +22,7 @@ def mlflow_store(tmp_path_factory):
 
 
 def _run(client, exp, tid, status, **tags):
-    run = client.create_run(exp, tags={store.TRIAL_TAG: tid, **tags})
+    run = client.create_run(exp, tags={contract.TRIAL_ID: tid, **tags})
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status=status)
     time.sleep(0.01)  # distinct start times: newest-first order is by start time
@@ -30,8 +31,8 @@ def _run(client, exp, tid, status, **tags):
 
 def test_runs_by_trial_newest_first_and_the_current_run_skips_superseded(mlflow_store):
     client, exp = mlflow_store
-    old = _run(client, exp, "t1", "FINISHED", **{store.SUPERSEDED_TAG: "true"})
-    new = _run(client, exp, "t1", "FAILED", **{store.REASON_TAG: "non-finite loss: nan"})
+    old = _run(client, exp, "t1", "FINISHED", **{contract.SUPERSEDED: "true"})
+    new = _run(client, exp, "t1", "FAILED", **{contract.FAILURE_REASON: "non-finite loss: nan"})
     other = _run(client, exp, "t2", "FINISHED")
     client.create_run(exp, tags={"unrelated": "1"})
     runs = store.trial_runs(client, ["t1", "t2", "t3"])
@@ -46,7 +47,7 @@ def test_runs_by_trial_newest_first_and_the_current_run_skips_superseded(mlflow_
 
 def test_trial_states_read_with_the_claim_lock(mlflow_store, tmp_path):
     client, exp = mlflow_store
-    rid = _run(client, exp, "s1", "RUNNING", **{store.HEARTBEAT_TAG: str(int(time.time()) - 100)})
+    rid = _run(client, exp, "s1", "RUNNING", **{contract.HEARTBEAT: str(int(time.time()) - 100)})
     rec = store.current_run(store.trial_runs(client, ["s1"])["s1"])
     state, detail = store.trial_state(rec, store.claimed(tmp_path, "s1"))
     assert state == store.INTERRUPTED and "owner gone" in detail and "heartbeat 10" in detail
@@ -66,17 +67,17 @@ def test_trial_states_read_with_the_claim_lock(mlflow_store, tmp_path):
 
 def test_grid_tags_merge_and_supersede_closes_running_runs(mlflow_store, tmp_path):
     client, exp = mlflow_store
-    rid = _run(client, exp, "g1", "FINISHED", **{"dinolab.grid.a": "1", store.GRIDS_TAG: "a"})
+    rid = _run(client, exp, "g1", "FINISHED", **{"dinolab.grid.a": "1", contract.GRIDS: "a"})
     assert store.add_grid(client, tmp_path, "g1", rid, "b") is True
     assert store.add_grid(client, tmp_path, "g1", rid, "b") is False
     tags = client.get_run(rid).data.tags
-    assert tags["dinolab.grid.b"] == "1" and tags[store.GRIDS_TAG] == "a,b"
+    assert tags["dinolab.grid.b"] == "1" and tags[contract.GRIDS] == "a,b"
 
     running = _run(client, exp, "g2", "RUNNING")
     recs = store.trial_runs(client, ["g2"])["g2"]
     assert store.supersede(client, recs, "replaced by --rerun") == [running]
     run = client.get_run(running)
-    assert run.info.status == "KILLED" and run.data.tags[store.SUPERSEDED_TAG] == "true"
+    assert run.info.status == "KILLED" and run.data.tags[contract.SUPERSEDED] == "true"
     assert store.current_run(store.trial_runs(client, ["g2"])["g2"]) is None
 
 

@@ -10,6 +10,7 @@ import yaml
 from dinolab.config import config_to_dict
 from dinolab.home import default_tracking_uri
 from dinolab.sweep import store
+from dinolab.track import contract
 from dinolab.sweep.locks import request_cancel
 from dinolab.sweep.trainable import TrialTask, execute_task
 
@@ -44,15 +45,15 @@ def test_rerun_supersedes_a_run_found_by_tag_then_reuse(tmp_path):
     client = store.open_client(task.tracking_uri)
     exp = store.init_store(client, "dinolab")
     # a finished run of this trial recorded elsewhere: no trial.json under this storage names it
-    old = client.create_run(exp, tags={store.TRIAL_TAG: task.trial_id, "dinolab.grid.tiny": "1", store.GRIDS_TAG: "tiny"})
+    old = client.create_run(exp, tags={contract.TRIAL_ID: task.trial_id, "dinolab.grid.tiny": "1", contract.GRIDS: "tiny"})
     client.set_terminated(old.info.run_id, "FINISHED")
 
     task.rerun, task.replace = True, [old.info.run_id]
     summary = execute_task(task)
     assert summary["outcome"] == "finished" and summary["run_id"] != old.info.run_id
     new_run = client.get_run(summary["run_id"])
-    assert new_run.info.status == "FINISHED" and new_run.data.tags[store.GRIDS_TAG] == "tiny"
-    assert client.get_run(old.info.run_id).data.tags[store.SUPERSEDED_TAG] == "true"
+    assert new_run.info.status == "FINISHED" and new_run.data.tags[contract.GRIDS] == "tiny"
+    assert client.get_run(old.info.run_id).data.tags[contract.SUPERSEDED] == "true"
     assert store.current_run(_runs(client, task.trial_id)).run_id == summary["run_id"]
 
     # the same stale plan again (another launch already did the rerun): nothing runs twice
@@ -61,7 +62,7 @@ def test_rerun_supersedes_a_run_found_by_tag_then_reuse(tmp_path):
     other = _task(tmp_path, grid="other")
     assert execute_task(other)["outcome"] == "reused"
     tags = client.get_run(summary["run_id"]).data.tags
-    assert tags["dinolab.grid.other"] == "1" and tags[store.GRIDS_TAG] == "other,tiny"
+    assert tags["dinolab.grid.other"] == "1" and tags[contract.GRIDS] == "other,tiny"
     assert len(_runs(client, task.trial_id)) == 2
 
 

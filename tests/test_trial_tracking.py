@@ -8,6 +8,7 @@ import yaml
 
 from dinolab.config import ID_SCHEME, flatten, identity_dict, load_experiment, resolved_params
 from dinolab.trial import run_trial, summaries
+from dinolab.track import contract
 from dinolab.track.mlflow_store import client_for
 
 
@@ -44,6 +45,14 @@ def test_trial_logs_params_tags_metrics_and_artifacts(repo_root, tiny_overrides,
     assert {"config.yaml", "environment.txt", "weights"} <= artifacts
     logged = yaml.safe_load(open(client.download_artifacts(outcome.run_id, "config.yaml", str(tmp_path))))
     assert logged["model"]["embed_dim"] == 32 and logged["data"]["synthetic_train"] == 64
+
+    # every key the trial logged is named by the tracking contract
+    assert set(d.metrics) <= set(contract.logged_metrics()), set(d.metrics) - set(contract.logged_metrics())
+    assert all(contract.is_trial_tag(k) for k in d.tags), [k for k in d.tags if not contract.is_trial_tag(k)]
+    assert artifacts <= {contract.CONFIG_ARTIFACT, contract.ENVIRONMENT_ARTIFACT, contract.WEIGHTS_DIR,
+                         contract.MLFLOW_IMAGES_DIR}, artifacts
+    weights = {a.path for a in client.list_artifacts(outcome.run_id, contract.WEIGHTS_DIR)}
+    assert weights == {contract.WEIGHTS_ARTIFACT}
 
 
 def test_summaries_hand_computed():

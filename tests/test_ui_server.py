@@ -22,7 +22,8 @@ import pytest
 
 from dinolab.config.grid import load_grid
 from dinolab.report.synthetic import log_trial_run
-from dinolab.sweep.store import GRID_TAG_PREFIX, PARENT_TAG, TRIAL_TAG, open_parent_run
+from dinolab.sweep.store import open_parent_run
+from dinolab.track.contract import GRID_PREFIX as GRID_TAG_PREFIX, PARENT_GRID as PARENT_TAG, TRIAL_ID as TRIAL_TAG
 from process_helpers import free_port, stop_group, wait_for
 
 pytestmark = pytest.mark.slow

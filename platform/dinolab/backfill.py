@@ -16,6 +16,7 @@ import torch
 
 from dinolab.config import ConfigError, build_config
 from dinolab.home import resolve_tracking_uri
+from dinolab.track.contract import ATTENTION_IMAGE, CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ def _trained_backbone(client, run_id: str):
     from dinolab.models.registry import build_backbone
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg_path = client.download_artifacts(run_id, "config.yaml", tmp)
-        cfg = build_config(yaml.safe_load(Path(cfg_path).read_text()), source=f"run {run_id} config.yaml")
-        weights = client.download_artifacts(run_id, "weights/teacher_backbone.pt", tmp)
+        cfg_path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+        cfg = build_config(yaml.safe_load(Path(cfg_path).read_text()), source=f"run {run_id} {CONFIG_ARTIFACT}")
+        weights = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, tmp)
         backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=0.0)
         backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return cfg, backbone.eval()
@@ -53,7 +54,7 @@ def backfill_attention(client, run_id: str) -> dict[str, float]:
     epochs = int(cfg.train.epochs)
     if metrics:
         reporter.log_metrics(metrics, step=epochs)
-    reporter.log_image(figure, "attention/cls_maps", step=epochs)
+    reporter.log_image(figure, ATTENTION_IMAGE, step=epochs)
     return metrics
 
 

@@ -47,7 +47,9 @@ def cmd_run(args) -> int:
     _print_home(uri, storage)
     outcome = run_trial(cfg, storage=storage, fresh=args.fresh)
     print(f"run {outcome.run_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
-    for key in ("knn_top1_random_init", "knn_top1", "linear_top1", "throughput_images_per_s", "wall_time_s", "peak_rss_mb"):
+    from dinolab.track import contract
+
+    for key in (contract.KNN_TOP1_RANDOM_INIT, contract.KNN_TOP1, contract.LINEAR_TOP1, contract.THROUGHPUT, contract.WALL_TIME_S, contract.PEAK_RSS_MB):
         if key in outcome.final:
             print(f"  {key:<24} {outcome.final[key]:.2f}")
     return 0 if outcome.status == "FINISHED" else 1

@@ -14,6 +14,7 @@ from typing import Optional
 
 from dinolab.config import ConfigError
 from dinolab.home import redact_uri, resolve_tracking_uri
+from dinolab.track.contract import CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
 
 
 DEFAULT_NAME = "backbone.pt"
@@ -47,11 +48,11 @@ def export_weights(run_id: str, out: Path, tracking_uri: Optional[str] = None) -
         raise ConfigError(f"run {run_id[:100]}: no such run in {redact_uri(client.tracking_uri)}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = client.download_artifacts(run_id, "weights/teacher_backbone.pt", tmp)
+            local = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, tmp)
         except Exception:
-            raise ConfigError(f"run {run_id}: has no weights/teacher_backbone.pt artifact (not finished?)") from None
+            raise ConfigError(f"run {run_id}: has no {WEIGHTS_ARTIFACT} artifact (not finished?)") from None
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(local, out)
-        cfg_local = client.download_artifacts(run_id, "config.yaml", tmp)
+        cfg_local = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
         shutil.copy(cfg_local, out.with_suffix(".config.yaml"))
     return out

@@ -39,11 +39,12 @@ from typing import Callable, Optional
 from dinolab.config import ID_SCHEME, ExperimentConfig, config_hash, resolved_params, trial_id
 from dinolab.config.identity import RESOLVED_PREFIX
 from dinolab.home import redact_uri
+from dinolab.track import contract
 
 log = logging.getLogger(__name__)
 
-SCHEME_TAG = "dinolab.id_scheme"
-PREVIOUS_TAG = "dinolab.previous_trial_ids"
+SCHEME_TAG = contract.ID_SCHEME
+PREVIOUS_TAG = contract.PREVIOUS_TRIAL_IDS
 MARKER = "id_scheme.json"
 
 
@@ -61,13 +62,13 @@ def _sha(obj, n: int) -> str:
 def _v1_verify(identity: dict, tags: dict) -> Optional[str]:
     """Scheme 1 (dinolab up to b299324): sha256 over every identity field as written, frozen here."""
     try:
-        method_version = int(tags.get("dinolab.method_version", "1"))
+        method_version = int(tags.get(contract.METHOD_VERSION, "1"))
     except ValueError:
-        return f"dinolab.method_version={tags['dinolab.method_version']!r} is not an int"
-    tid = _sha({"identity": identity, "data": tags.get("dinolab.data_fingerprint", ""), "method_version": method_version}, 16)
-    if tid != tags.get("dinolab.trial_id"):
-        return f"its recorded config gives scheme-1 id {tid}, not its tag {tags.get('dinolab.trial_id')}"
-    if "dinolab.config_hash" in tags and _sha(identity, 12) != tags["dinolab.config_hash"]:
+        return f"{contract.METHOD_VERSION}={tags[contract.METHOD_VERSION]!r} is not an int"
+    tid = _sha({"identity": identity, "data": tags.get(contract.DATA_FINGERPRINT, ""), "method_version": method_version}, 16)
+    if tid != tags.get(contract.TRIAL_ID):
+        return f"its recorded config gives scheme-1 id {tid}, not its tag {tags.get(contract.TRIAL_ID)}"
+    if contract.CONFIG_HASH in tags and _sha(identity, 12) != tags[contract.CONFIG_HASH]:
         return "its recorded config does not give back its dinolab.config_hash"
     return None
 
@@ -158,12 +159,12 @@ def _trial_runs(client) -> list:
     """Every active run tagged with a trial id, with its params (newest first)."""
     from mlflow.entities import ViewType
 
-    from dinolab.sweep.store import TRIAL_TAG, active_experiment_ids
+    from dinolab.sweep.store import active_experiment_ids
 
     out, token = [], None
     experiments = active_experiment_ids(client)
     while experiments:
-        page = client.search_runs(experiments, f"tags.`{TRIAL_TAG}` IS NOT NULL", run_view_type=ViewType.ACTIVE_ONLY,
+        page = client.search_runs(experiments, f"tags.`{contract.TRIAL_ID}` IS NOT NULL", run_view_type=ViewType.ACTIVE_ONLY,
                                   max_results=1000, page_token=token)
         out.extend(page)
         token = page.token
@@ -194,12 +195,12 @@ def _rederive(run) -> tuple[Optional[RunChange], Optional[str]]:
         identity = step.upgrade(identity)
     try:
         cfg = ExperimentConfig.model_validate(identity)
-        fp = tags.get("dinolab.data_fingerprint", "")
+        fp = tags.get(contract.DATA_FINGERPRINT, "")
         new_id, new_hash, resolved = trial_id(cfg, fp), config_hash(cfg), resolved_params(cfg)
     except ValueError as e:
         return None, f"its config does not resolve today: {' '.join(str(e).split())[:300]}"
-    superseded = tags.get("dinolab.superseded", "").lower() == "true"
-    return RunChange(run.info.run_id, run.info.status, int(run.info.start_time or 0), superseded, tags["dinolab.trial_id"],
+    superseded = contract.is_true(tags.get(contract.SUPERSEDED))
+    return RunChange(run.info.run_id, run.info.status, int(run.info.start_time or 0), superseded, tags[contract.TRIAL_ID],
                      new_id, new_hash, {k: v for k, v in resolved.items() if k not in params}), None
 
 
@@ -217,12 +218,12 @@ def plan_migration(client, tracking_uri: str, storage: Path) -> Plan:
             plan.changes.append(change)
             current_ids[run.info.run_id] = change.new_id
         else:
-            current_ids[run.info.run_id] = run.data.tags["dinolab.trial_id"]
+            current_ids[run.info.run_id] = run.data.tags[contract.TRIAL_ID]
     changed = {c.run_id: c for c in plan.changes}
     for new_id in sorted({c.new_id for c in plan.changes}):
         # runs newest first; the superseded ones stay superseded
         members = [r for r in runs if current_ids.get(r.info.run_id) == new_id
-                   and r.data.tags.get("dinolab.superseded", "").lower() != "true"]
+                   and not contract.is_true(r.data.tags.get(contract.SUPERSEDED))]
         if not members:
             continue
         keep = next((r for r in members if r.info.status == "FINISHED"), members[0])
@@ -306,7 +307,7 @@ def apply_plan(client, plan: Plan, storage: Path) -> Path:
     for c in plan.changes:
         old_tags = client.get_run(c.run_id).data.tags
         previous = [p for p in old_tags.get(PREVIOUS_TAG, "").split(",") if p]
-        tags = [RunTag(store.TRIAL_TAG, c.new_id), RunTag("dinolab.config_hash", c.new_hash), RunTag(SCHEME_TAG, str(ID_SCHEME)),
+        tags = [RunTag(contract.TRIAL_ID, c.new_id), RunTag(contract.CONFIG_HASH, c.new_hash), RunTag(SCHEME_TAG, str(ID_SCHEME)),
                 RunTag(PREVIOUS_TAG, ",".join(previous + [c.old_id]))]
         params = [Param(k, v[:6000]) for k, v in sorted(c.params.items())]
         for i in range(0, max(len(params), 1), 100):  # MLflow takes at most 100 params per batch

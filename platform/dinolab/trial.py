@@ -26,11 +26,10 @@ from dinolab.config import (
     trial_id,
 )
 from dinolab.home import default_storage, redact_uri, resolve_tracking_uri, trial_dir
+from dinolab.track import contract
 
 log = logging.getLogger(__name__)
 
-SUMMARY_LAST_K = 3
-LOWER_IS_BETTER = {"loss", "kl"}
 
 
 @dataclass
@@ -63,16 +62,16 @@ def environment_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def summaries(history: dict[str, list[float]], last_k: int = SUMMARY_LAST_K) -> dict[str, float]:
+def summaries(history: dict[str, list[float]], last_k: int = contract.SUMMARY_LAST_K) -> dict[str, float]:
     """final/, best/ and last<k>/ value of every per-epoch metric: reports never read histories."""
     out = {}
     for name, values in history.items():
         if name == "epoch" or not values:
             continue
-        out[f"final/{name}"] = values[-1]
-        out[f"best/{name}"] = min(values) if name in LOWER_IS_BETTER else max(values)
+        out[contract.final_key(name)] = values[-1]
+        out[contract.best_key(name)] = min(values) if name in contract.LOWER_IS_BETTER else max(values)
         tail = values[-last_k:]
-        out[f"last{last_k}/{name}"] = sum(tail) / len(tail)
+        out[contract.last_key(name, last_k)] = sum(tail) / len(tail)
     return out
 
 
@@ -86,7 +85,7 @@ def cost_hours(cfg: ExperimentConfig, wall_s: float, device_name: str) -> dict[s
     r = cfg.resources
     hours = wall_s / 3600.0
     gpus = (r.gpus_per_worker or 1.0) * r.workers if device_name.startswith("cuda") else 0.0
-    return {"cpu_hours": hours * (cfg.train.threads or r.cpus_per_worker) * r.workers, "gpu_hours": hours * gpus}
+    return {contract.CPU_HOURS: hours * (cfg.train.threads or r.cpus_per_worker) * r.workers, contract.GPU_HOURS: hours * gpus}
 
 
 def trial_identity(cfg: ExperimentConfig) -> tuple[str, str]:
@@ -102,25 +101,25 @@ def trial_tags(cfg: ExperimentConfig, tid: str, fingerprint: str, grids: Iterabl
 
     commit, dirty = git_state()
     tags = {
-        "dinolab.trial_id": tid,
-        "dinolab.config_hash": config_hash(cfg),
-        "dinolab.data_fingerprint": fingerprint,
-        "dinolab.method_version": str(METHOD_VERSION),
-        "dinolab.id_scheme": str(ID_SCHEME),
-        "dinolab.version": __version__,
-        "dinolab.git_commit": commit,
-        "dinolab.git_dirty": dirty,
-        "dinolab.torch": torch.__version__,
-        "dinolab.cuda": str(torch.version.cuda),
-        "dinolab.host": os.uname().nodename,
+        contract.TRIAL_ID: tid,
+        contract.CONFIG_HASH: config_hash(cfg),
+        contract.DATA_FINGERPRINT: fingerprint,
+        contract.METHOD_VERSION: str(METHOD_VERSION),
+        contract.ID_SCHEME: str(ID_SCHEME),
+        contract.VERSION: __version__,
+        contract.GIT_COMMIT: commit,
+        contract.GIT_DIRTY: dirty,
+        contract.TORCH: torch.__version__,
+        contract.CUDA: str(torch.version.cuda),
+        contract.HOST: os.uname().nodename,
     }
     grids = sorted(set(grids))
     for g in grids:
-        tags[f"dinolab.grid.{g}"] = "1"
+        tags[contract.GRID_PREFIX + g] = "1"
     if grids:
-        tags["dinolab.grids"] = ",".join(grids)
+        tags[contract.GRIDS] = ",".join(grids)
     for key, value in flatten(runtime_dict(cfg)).items():
-        tags[f"runtime.{key}"] = str(value)
+        tags[contract.RUNTIME_PREFIX + key] = str(value)
     return tags
 
 
@@ -194,29 +193,29 @@ def run_trial(
     )
     if not reopen:
         if old_run and _run_exists(client, old_run):
-            client.set_tag(old_run, "dinolab.superseded", "true")
+            client.set_tag(old_run, contract.SUPERSEDED, "true")
         shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
         shutil.rmtree(workdir / "final", ignore_errors=True)
         run_id = start_run(client, experiment_id, cfg.tracking.run_name or cfg.name, tags, parent_run_id)
         reporter = MLflowReporter(client, run_id)
         reporter.log_params({**flatten(identity_dict(cfg)), **resolved_params(cfg)})  # as written, and as trained
-        reporter.log_text(dump_config(cfg), "config.yaml")
-        reporter.log_text(environment_text(), "environment.txt")
+        reporter.log_text(dump_config(cfg), contract.CONFIG_ARTIFACT)
+        reporter.log_text(environment_text(), contract.ENVIRONMENT_ARTIFACT)
     else:
         run_id = old_run
         reopen_run(client, run_id)
         reporter = MLflowReporter(client, run_id)
-        reporter.set_tags({k: v for k, v in tags.items() if k.startswith(("dinolab.grid", "runtime.", "dinolab.git", "dinolab.host"))})
+        reporter.set_tags({k: v for k, v in tags.items() if k.startswith(contract.RESUME_PREFIXES)})
     attempts = int(state.get("attempts", 0)) + 1
     _write_state(workdir, run_id=run_id, trial_id=tid, status="RUNNING", attempts=attempts, tracking_uri=redact_uri(uri))
-    (workdir / "config.yaml").write_text(dump_config(cfg))
+    (workdir / contract.CONFIG_ARTIFACT).write_text(dump_config(cfg))
     log.info("trial %s -> MLflow run %s (%s), checkpoints in %s", tid, run_id, redact_uri(uri), workdir)
 
     device_name = "cuda" if cfg.train.device == "auto" and _cuda() else cfg.train.device
-    reporter.set_tags({"dinolab.device": device_name, "dinolab.heartbeat": str(int(time.time())), "dinolab.attempts": str(attempts)})
+    reporter.set_tags({contract.DEVICE: device_name, contract.HEARTBEAT: str(int(time.time())), contract.ATTEMPTS: str(attempts)})
 
     def heartbeat(epoch: int, metrics: dict) -> None:
-        reporter.set_tags({"dinolab.heartbeat": str(int(time.time())), "dinolab.epochs_done": str(epoch + 1)})
+        reporter.set_tags({contract.HEARTBEAT: str(int(time.time())), contract.EPOCHS_DONE: str(epoch + 1)})
         if on_epoch_end is not None:
             on_epoch_end(epoch, metrics)
 
@@ -238,15 +237,15 @@ def run_trial(
     from dinolab.eval.collapse import detect_collapse
 
     final = dict(result.final)
-    final["wall_time_s"] = time.time() - wall + float(state.get("wall_time_s", 0.0))
-    final["epochs_done"] = result.epochs_done
-    final.update(cost_hours(cfg, final.get("loop_wall_s", final["wall_time_s"]), device_name))
+    final[contract.WALL_TIME_S] = time.time() - wall + float(state.get(contract.WALL_TIME_S, 0.0))
+    final[contract.EPOCHS_DONE_METRIC] = result.epochs_done
+    final.update(cost_hours(cfg, final.get(contract.LOOP_WALL_S, final[contract.WALL_TIME_S]), device_name))
     collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
     reporter.log_metrics({**summaries(result.history), **final}, step=result.epochs_done)
-    reporter.set_tags({"dinolab.collapsed": "true" if collapsed else "false", "dinolab.collapse_reason": reason})
-    weights = workdir / "final" / "teacher_backbone.pt"
+    reporter.set_tags({contract.COLLAPSED: "true" if collapsed else "false", contract.COLLAPSE_REASON: reason})
+    weights = workdir / "final" / contract.WEIGHTS_FILE
     if weights.exists():
-        reporter.log_artifact(weights, "weights")
+        reporter.log_artifact(weights, contract.WEIGHTS_DIR)
     return _close(client, reporter, workdir, tid, run_id, "FINISHED", "", final)
 
 
@@ -260,7 +259,7 @@ def _close(client, reporter, workdir, tid, run_id, status, reason, final=None) -
     from dinolab.track.mlflow_store import end_run
 
     if reason:
-        reporter.set_tags({"dinolab.failure_reason": reason[:4000]})
+        reporter.set_tags({contract.FAILURE_REASON: reason[:4000]})
         log.warning("trial %s %s: %s", tid, status, reason)
     end_run(client, run_id, status)
     state = _read_state(workdir)

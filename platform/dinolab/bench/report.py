@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dinolab.config.gridfile import Column
+from dinolab.track import contract
 
 from .context import BenchContext
 from .record import Record, summary
 
 N_GRIDS, N_ROWS = 20, 10
-PER_EPOCH = ("loss", "teacher_entropy", "kl", "lr", "weight_decay", "momentum", "teacher_temp", "images_per_s", "knn_top1")
-FINALS = ("knn_top1", "linear_top1", "knn_top1_random_init", "throughput_images_per_s", "wall_time_s", "peak_rss_mb",
-          "cuda_peak_mb", "cpu_hours", "gpu_hours", "epochs_done", "linear_val_top1", "train_seconds", "loop_wall_s")
 TARGET_S = 5.0  # every table of 10,000 runs over 20 grids in under 5 s
 ALL_TABLES = "report --all (sql): 20 tables"
 BASELINE = "mlflow.search_runs (baseline)"
@@ -77,9 +75,9 @@ def make_grids(n_runs: int) -> list[Grid]:
     for g in range(N_GRIDS):
         rows = [Row(f"row{r}", {"dino.momentum": 0.9 + r / 100}, default=r == 0, paper={"knn": 70.0 - r}) for r in range(N_ROWS)]
         trials = [Trial(f"row{r}", s, f"g{g:02d}r{r:02d}s{s:04d}", f"h{g:02d}{r:02d}{s:04d}") for r in range(N_ROWS) for s in seeds]
-        cols = [Column(metric="knn_top1", label="k-NN", paper="knn"),
-                Column(metric="linear_top1", label="Linear", paper="linear"),
-                Column(metric="knn_top1", label="k-NN best", agg="best")]
+        cols = [Column(metric=contract.KNN_TOP1, label="k-NN", paper="knn"),
+                Column(metric=contract.LINEAR_TOP1, label="Linear", paper="linear"),
+                Column(metric=contract.KNN_TOP1, label="k-NN best", agg="best")]
         grids.append(Grid(f"bench_grid_{g:02d}", rows, trials, cols, seeds))
     return grids
 
@@ -91,7 +89,7 @@ def fill_store(db: Path, experiment_id: int, artifact_root: str, grids: list[Gri
     rnd = random.Random(seed)
     base = ExperimentConfig()
     params0 = {k: str(v) for k, v in flatten(identity_dict(base)).items()}
-    runtime0 = {f"runtime.{k}": str(v) for k, v in flatten(runtime_dict(base)).items()}
+    runtime0 = {contract.RUNTIME_PREFIX + k: str(v) for k, v in flatten(runtime_dict(base)).items()}
     now = int(time.time() * 1000)
     runs, tags, params, latest, history = [], [], [], [], []
 
@@ -102,35 +100,36 @@ def fill_store(db: Path, experiment_id: int, artifact_root: str, grids: list[Gri
         runs.append((rid, f"{grid.name}/{t.row}/seed{t.seed}", "LOCAL", "", "", "bench", status, start,
                      None if status == "RUNNING" else start + 60_000, "", "active", f"{artifact_root}/{rid}/artifacts",
                      experiment_id))
-        tg = {"dinolab.trial_id": t.trial_id, "dinolab.config_hash": t.config_hash, "dinolab.data_fingerprint": "fp",
-              "dinolab.method_version": "1", "dinolab.version": "0.1.0", "dinolab.git_commit": "0" * 40,
-              "dinolab.git_dirty": "false", "dinolab.torch": "2.14.1", "dinolab.cuda": "None", "dinolab.host": "bench",
-              f"dinolab.grid.{grid.name}": "1", "dinolab.grids": grid.name, "dinolab.device": "cpu",
-              "dinolab.heartbeat": str(start // 1000), "dinolab.attempts": "1", "dinolab.epochs_done": str(epochs),
-              "mlflow.runName": f"{grid.name}/{t.row}/seed{t.seed}", "mlflow.user": "bench", **runtime0}
+        tg = {contract.TRIAL_ID: t.trial_id, contract.CONFIG_HASH: t.config_hash, contract.DATA_FINGERPRINT: "fp",
+              contract.METHOD_VERSION: "1", contract.VERSION: "0.1.0", contract.GIT_COMMIT: "0" * 40,
+              contract.GIT_DIRTY: "false", contract.TORCH: "2.14.1", contract.CUDA: "None", contract.HOST: "bench",
+              contract.GRID_PREFIX + grid.name: "1", contract.GRIDS: grid.name, contract.DEVICE: "cpu",
+              contract.HEARTBEAT: str(start // 1000), contract.ATTEMPTS: "1", contract.EPOCHS_DONE: str(epochs),
+              contract.MLFLOW_RUN_NAME: f"{grid.name}/{t.row}/seed{t.seed}", contract.MLFLOW_USER: "bench", **runtime0}
         if status == "FINISHED":
-            tg["dinolab.collapsed"] = "true" if roll > 0.97 else "false"
-            tg["dinolab.collapse_reason"] = "uniform teacher" if roll > 0.97 else ""
+            tg[contract.COLLAPSED] = "true" if roll > 0.97 else "false"
+            tg[contract.COLLAPSE_REASON] = "uniform teacher" if roll > 0.97 else ""
         if status == "FAILED":
-            tg["dinolab.failure_reason"] = "RuntimeError: synthetic failure"
+            tg[contract.FAILURE_REASON] = "RuntimeError: synthetic failure"
         if superseded:
-            tg["dinolab.superseded"] = "true"
+            tg[contract.SUPERSEDED] = "true"
         tags.extend((k, v, rid) for k, v in tg.items())
         params.extend((k, v, rid) for k, v in {**params0, "train.seed": str(t.seed)}.items())
         knn = 60.0 - int(t.row[3:]) + rnd.gauss(0, 1)
         done = epochs if status == "FINISHED" else epochs // 2
         last: dict[str, tuple] = {}  # metric -> (value, step): what latest_metrics keeps
-        for m in PER_EPOCH:
-            vals = [knn * (e + 1) / epochs if m == "knn_top1" else rnd.random() for e in range(done)]
+        for m in (m for m in contract.PER_EPOCH_METRICS if m != contract.UNREADABLE_IMAGES):  # synthetic data decodes no files
+            vals = [knn * (e + 1) / epochs if m == contract.KNN_TOP1 else rnd.random() for e in range(done)]
             history.extend((m, v, now, rid, e, 0) for e, v in enumerate(vals))
             if vals:
                 last[m] = (vals[-1], done - 1)
                 if status == "FINISHED":
-                    for kind, v in (("final", vals[-1]), ("best", max(vals)), ("last3", sum(vals[-3:]) / len(vals[-3:]))):
-                        last[f"{kind}/{m}"] = (v, epochs)
+                    for key, v in ((contract.final_key(m), vals[-1]), (contract.best_key(m), max(vals)),
+                                   (contract.last_key(m), sum(vals[-3:]) / len(vals[-3:]))):
+                        last[key] = (v, epochs)
         if status == "FINISHED":
-            for m in FINALS:
-                v = knn if m == "knn_top1" else knn + 5 if m == "linear_top1" else rnd.random() * 100
+            for m in contract.FINAL_METRICS:
+                v = knn if m == contract.KNN_TOP1 else knn + 5 if m == contract.LINEAR_TOP1 else rnd.random() * 100
                 last[m] = (v, epochs)
                 history.append((m, v, now, rid, epochs, 0))
         latest.extend((m, v, now, step, 0, rid) for m, (v, step) in last.items())

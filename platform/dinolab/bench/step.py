@@ -31,6 +31,7 @@ from torch.utils._pytree import tree_map
 
 from dinolab.config import build_config
 from dinolab.config.schema import ExperimentConfig
+from dinolab.track import contract
 
 from .context import BenchContext
 from .record import PeakMemory, Record, summary, time_call
@@ -337,7 +338,7 @@ def measure_step(ctx: BenchContext, name: str, title: str, overrides: dict, repe
         "products": recorder.by_op(),
         "step_tflops": flops / s["median"] / 1e12,
         "products_tflops": flops / p["median"] / 1e12,
-        "images_per_s": batch / s["median"],
+        contract.IMAGES_PER_S: batch / s["median"],
         "ratio_per_repeat": summary(ratios),
     }
     fp32 = matmul_rate(ctx, torch.float32)

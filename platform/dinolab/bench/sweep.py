@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from dinolab.track.contract import TRAIN_SECONDS
+
 from .context import BenchContext, repo_root
 from .record import Record, summary
 
@@ -103,8 +105,8 @@ def calibrate(folder: Path, trial_s: float) -> dict:
         total = time.perf_counter() - start
         if outcome.status != "FINISHED":
             raise RuntimeError(f"calibration trial ended {outcome.status}: {outcome.reason}")
-    per_step = outcome.final["train_seconds"] / probe_steps
-    fixed = max(0.0, total - outcome.final["train_seconds"])
+    per_step = outcome.final[TRAIN_SECONDS] / probe_steps
+    fixed = max(0.0, total - outcome.final[TRAIN_SECONDS])
     cfg = trial.config
     steps_available = max(1, cfg.data.synthetic_train // cfg.train.batch_size)
     total_steps = max(1, round((trial_s - fixed) / per_step))

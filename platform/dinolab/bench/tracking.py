@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 
 from dinolab.config import load_experiment
+from dinolab.track import contract
 
 from .context import BenchContext, repo_root
 from .record import PeakMemory, Record, summary
@@ -34,12 +35,12 @@ def _epoch(step: TrainingStep, steps: int, reporter, epoch: int, cfg) -> tuple[f
     losses = [step() for _ in range(steps)]
     mid = time.perf_counter()
     metrics = {
-        "loss": sum(losses) / len(losses), "teacher_entropy": 0.0, "kl": 0.0, "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
-        "momentum": cfg.dino.momentum, "teacher_temp": cfg.dino.teacher_temp,
-        "images_per_s": steps * cfg.train.batch_size / max(mid - start, 1e-9),
+        contract.LOSS: sum(losses) / len(losses), contract.TEACHER_ENTROPY: 0.0, contract.KL: 0.0, contract.LR: cfg.train.lr,
+        contract.WEIGHT_DECAY: cfg.train.weight_decay, contract.MOMENTUM: cfg.dino.momentum, contract.TEACHER_TEMP: cfg.dino.teacher_temp,
+        contract.IMAGES_PER_S: steps * cfg.train.batch_size / max(mid - start, 1e-9),
     }
     reporter.log_metrics(metrics, step=epoch)  # the loop, once per epoch
-    reporter.set_tags({"dinolab.heartbeat": str(int(time.time())), "dinolab.epochs_done": str(epoch + 1)})  # the trial
+    reporter.set_tags({contract.HEARTBEAT: str(int(time.time())), contract.EPOCHS_DONE: str(epoch + 1)})  # the trial
     end = time.perf_counter()
     return end - start, end - mid
 

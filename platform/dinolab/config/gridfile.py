@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args, 
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dinolab.track import contract
+
 from .keys import unknown
 from .loader import PATH_FIELDS, ConfigError, absolute_path, read_yaml
 
@@ -37,19 +39,12 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"  # a grid's name is an MLflow tag
 AGG_MUST = "{input!r} is not allowed; expected one of final, best, last3, last<k> (e.g. last5)"
 NAME_MUST = "{input!r} must be letters, digits, '_', '-' or '.' (an MLflow tag name)"
 
-# What a trial records (docs/contracts.md, "What a trial records in MLflow").
-PER_EPOCH_METRICS = (
-    "loss", "teacher_entropy", "kl", "lr", "weight_decay", "momentum", "teacher_temp", "images_per_s", "knn_top1",
-)
-FINAL_METRICS = (
-    "knn_top1", "linear_top1", "knn_top1_random_init", "throughput_images_per_s", "wall_time_s", "peak_rss_mb",
-    "cuda_peak_mb", "cpu_hours", "gpu_hours", "epochs_done",
-)
-
 
 def column_metrics() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(metrics logged per epoch, metrics logged once) that a report column may name."""
-    return PER_EPOCH_METRICS, FINAL_METRICS
+    """(metrics logged per epoch, metrics logged once) that a report column may name: every metric a trial
+    logs (``dinolab.track.contract``)."""
+    per_epoch = contract.PER_EPOCH_METRICS
+    return per_epoch, tuple(m for m in contract.COLUMN_METRICS if m not in per_epoch)
 
 
 def parse_agg(agg: str) -> tuple[str, int]:
@@ -145,7 +140,7 @@ class Column(_Part):
         return agg
 
 
-DEFAULT_COLUMNS = [Column(metric="knn_top1", label="k-NN")]
+DEFAULT_COLUMNS = [Column(metric=contract.KNN_TOP1, label="k-NN")]
 
 
 class GridRow(_Part):

@@ -38,6 +38,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dinolab.track.contract import RESOLVED_PARAM_PREFIX
+
 from .keys import schema_field
 from .schema import ExperimentConfig
 
@@ -45,8 +47,7 @@ from .schema import ExperimentConfig
 METHOD_VERSION = 1
 # How ids are derived from a config; a change adds a step to dinolab.migrate (never rewrites one).
 ID_SCHEME = 2
-# MLflow param prefix of the resolved values (the dotted config params keep the values as written).
-RESOLVED_PREFIX = "resolved."
+RESOLVED_PREFIX = RESOLVED_PARAM_PREFIX  # the MLflow params of the resolved values (dinolab.track.contract)
 
 
 def _is_runtime(field) -> bool:

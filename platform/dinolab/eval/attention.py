@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinolab.track.contract import ATTN_JACCARD_BEST_HEAD, ATTN_JACCARD_MEAN_HEAD
+
 
 @torch.no_grad()
 def cls_attention(backbone, images: torch.Tensor) -> torch.Tensor:
@@ -102,5 +104,5 @@ def evaluate_attention(backbone, dataset, count: int = 32, mass: float = 0.6):
         masks = torch.stack([torch.as_tensor(np.asarray(base.mask(i))) for i in indices]).bool()
         if masks.shape[-1] == images.shape[-1]:
             j = attention_jaccard(maps, masks, mass)
-            metrics = {"attn_jaccard_best_head": j["best_head"], "attn_jaccard_mean_head": j["mean_head"]}
+            metrics = {ATTN_JACCARD_BEST_HEAD: j["best_head"], ATTN_JACCARD_MEAN_HEAD: j["mean_head"]}
     return metrics, attention_figure(images[:8], maps[:8], IMAGENET_MEAN, IMAGENET_STD)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
+from dinolab.track.contract import KL, KNN_TOP1, TEACHER_ENTROPY
+
 
 def _tail(values: Sequence[float] | None, n: int) -> list[float]:
     return [float(v) for v in values[-n:]] if values and n > 0 else []
@@ -77,7 +79,7 @@ def detect_collapse(
         raise ValueError(f"kl_eps and knn_margin must be >= 0, got {kl_eps} and {knn_margin}")
 
     reasons = []
-    entropy, kl = history.get("teacher_entropy"), history.get("kl")
+    entropy, kl = history.get(TEACHER_ENTROPY), history.get(KL)
     n = min(last_k, len(entropy or ()), len(kl or ()))
     h_tail, kl_tail = _tail(entropy, n), _tail(kl, n)
     # KL >= 0 in exact arithmetic; |KL| tolerates float round-off just below 0.
@@ -87,7 +89,7 @@ def detect_collapse(
         elif _all_within(h_tail, log_k, entropy_eps):
             reasons.append(f"uniform: entropy {h_tail[-1]:.2f} ~ ln({out_dim}) = {log_k:.2f} and KL {kl_tail[-1]:.4f}")
 
-    knn = _tail(history.get("knn_top1"), 1)
+    knn = _tail(history.get(KNN_TOP1), 1)
     chance = 100.0 / num_classes
     if knn and math.isfinite(knn[0]) and knn[0] <= chance + knn_margin:
         where = f"within {knn_margin:g} pts of" if knn[0] >= chance - knn_margin else "below"

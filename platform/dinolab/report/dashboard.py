@@ -24,6 +24,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from dinolab.track import contract
+
 from .render import cell_text, column_label, compare_text, fmt_num, notes, row_name, summary_line
 from .table import Table
 
@@ -34,10 +36,10 @@ TEMPLATE = REPO / "dashboards" / "template.html"
 DEFAULT_DIR = REPO / "dashboards"
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f", "#393b79", "#ad494a")
-CURVES = (("knn_top1", "k-NN top-1 (%)"), ("loss", "training loss"))
-COLLAPSE = (("teacher_entropy", "teacher entropy h(Pt) (nats)"), ("kl", "KL(Pt ‖ Ps) (nats)"))
+CURVES = ((contract.KNN_TOP1, "k-NN top-1 (%)"), (contract.LOSS, "training loss"))
+COLLAPSE = ((contract.TEACHER_ENTROPY, "teacher entropy h(Pt) (nats)"), (contract.KL, "KL(Pt ‖ Ps) (nats)"))
 HISTORY_KEYS = tuple(k for k, _ in CURVES + COLLAPSE)
-ATTENTION_PREFIX = "attention/"
+ATTENTION_PREFIX = contract.ATTENTION_IMAGE.split("/")[0] + "/"
 MAX_ATTENTION_IMAGES = 8  # per row
 W, H = 430, 260
 MARGIN = (46, 12, 14, 36)  # left, right, top, bottom (px)
@@ -212,7 +214,7 @@ def table_html(table: Table, digits: int = 1) -> str:
 
 def accuracy_points(table: Table) -> list[dict]:
     """One point per measured row: the first accuracy column's mean (± std) against training images/s."""
-    spec_i = next((i for i, s in enumerate(table.columns) if s.metric != "throughput_images_per_s"), None)
+    spec_i = next((i for i, s in enumerate(table.columns) if s.metric != contract.THROUGHPUT), None)
     if spec_i is None:
         return []
     col, out = colors(table), []
@@ -278,7 +280,7 @@ def dashboard_html(table: Table, histories: pd.DataFrame, images: Optional[Mappi
         body.append("<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in extra) + "</ul>")
 
     points = accuracy_points(table)
-    acc_label = next((column_label(s) for s in table.columns if s.metric != "throughput_images_per_s"), "accuracy")
+    acc_label = next((column_label(s) for s in table.columns if s.metric != contract.THROUGHPUT), "accuracy")
     body.append("<h2>Accuracy against training throughput (DINO Figure 5)</h2>")
     body.append('<div class="plots">' + scatter_plot("accuracy-throughput", f"{acc_label} vs images/s", points,
                                                      "training images / s", acc_label)
@@ -351,19 +353,18 @@ def _no_progress_bar():
             os.environ[name] = old
 
 
-def find_parent_run(client, grid: str, experiment_names: Iterable[str] = ()) -> Optional[str]:
-    """The run the sweep opened for the grid (tag ``dinolab.grid_parent=<grid>``): in the trials'
-    experiment first, else in any experiment; the oldest when there are several (as the sweep picks)."""
+def grid_parent_run(client, grid: str, experiment_names: Iterable[str] = ()) -> Optional[str]:
+    """The run the sweep opened for the grid (``sweep.store.find_parent_run``): in the trials' experiments
+    first, else in any experiment."""
+    from dinolab.sweep.store import find_parent_run as find
+
     from .runs import experiment_ids
-    from dinolab.sweep.store import PARENT_TAG
 
     exp_ids = [e.experiment_id for e in (client.get_experiment_by_name(n) for n in experiment_names) if e is not None]
     for ids in (exp_ids, experiment_ids(client)):
-        if not ids:
-            continue
-        found = client.search_runs(ids, f"tags.`{PARENT_TAG}` = '{grid}'", max_results=100)
-        if found:
-            return min(found, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        rec = find(client, ids, grid) if ids else None
+        if rec is not None:
+            return rec.run_id
     return None
 
 
@@ -391,7 +392,7 @@ def write_dashboard(grid_or_path, out: Optional[os.PathLike] = None, tracking_ur
     histories = load_histories(uri, run_ids, HISTORY_KEYS, method=method)
 
     client = MlflowClient(tracking_uri=uri)
-    col = "tags.mlflow.loggedImages"
+    col = f"tags.{contract.MLFLOW_LOGGED_IMAGES}"
     logged = set(runs.loc[runs[col].astype(object).eq("True"), "run_id"]) if col in runs.columns else set()
     images: dict[str, list] = {}
     for row in table.rows:
@@ -415,14 +416,14 @@ def write_dashboard(grid_or_path, out: Optional[os.PathLike] = None, tracking_ur
     if log_to_parent and store_exists(uri):  # a missing SQLite store has no parent run (and must not be created)
         names = {t.config.tracking.experiment for t in grid.trials if getattr(t, "config", None) is not None}
         try:
-            parent = find_parent_run(client, table.grid, sorted(names))
+            parent = grid_parent_run(client, table.grid, sorted(names))
             if parent is None:
                 log.info("grid %s has no parent run yet (dinolab sweep creates it): dashboard not logged", table.grid)
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     named = Path(tmp) / f"{table.grid}.html"
                     named.write_text(page, encoding="utf-8")
-                    client.log_artifact(parent, str(named), "dashboard")
+                    client.log_artifact(parent, str(named), contract.DASHBOARD_DIR)
         except Exception as e:  # noqa: BLE001 - the file is written; logging it is a convenience
             log.warning("could not log the dashboard on the parent run of grid %s: %s", table.grid, e)
             parent = None

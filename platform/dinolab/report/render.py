@@ -18,6 +18,8 @@ from typing import Optional
 
 import pandas as pd
 
+from dinolab.track import contract
+
 from .table import Cell, Row, Stat, Table
 
 FORMATS = ("md", "latex", "csv")
@@ -327,12 +329,12 @@ def table_frame(table: Table) -> pd.DataFrame:
                         f"{p}_paper_effect": cell.paper_effect, f"{p}_agreement": cell.agreement or "",
                         f"{p}_seeds": " ".join(str(s) for s in cell.per_seed)})
         c = row.cost
-        rec.update(_stat_cols("images_per_s", c.images_per_s))
-        rec.update(_stat_cols("wall_time_s", c.wall_time_s))
+        rec.update(_stat_cols(contract.IMAGES_PER_S, c.images_per_s))
+        rec.update(_stat_cols(contract.WALL_TIME_S, c.wall_time_s))
         rec.update(_stat_cols("device_hours", c.hours))
         rec["device_hours_unit"] = c.hours_unit if c.hours else ""
-        rec.update(_stat_cols("peak_rss_mb", c.peak_rss_mb))
-        rec.update(_stat_cols("cuda_peak_mb", c.cuda_peak_mb))
+        rec.update(_stat_cols(contract.PEAK_RSS_MB, c.peak_rss_mb))
+        rec.update(_stat_cols(contract.CUDA_PEAK_MB, c.cuda_peak_mb))
         rec["trials"] = " ".join(f"{t.seed}:{t.status}" for t in row.trials)
         rec["setup_notes"] = "; ".join(row.setup_notes)
         records.append(rec)

@@ -30,11 +30,10 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from dinolab.track import contract
+
 log = logging.getLogger(__name__)
 
-TRIAL_TAG = "dinolab.trial_id"
-HASH_TAG = "dinolab.config_hash"
-SUPERSEDED_TAG = "dinolab.superseded"
 RUN_COLUMNS = ["run_id", "experiment_id", "status", "start_time", "end_time", "artifact_uri", "run_name"]
 METHODS = ("auto", "sql", "search")
 
@@ -80,7 +79,7 @@ def load_runs(
     if ids is None and hashes:
         ids = []
     if tag_keys is not None or tag_prefixes:
-        tag_keys = sorted(set(tag_keys or ()) | {TRIAL_TAG, HASH_TAG})
+        tag_keys = sorted(set(tag_keys or ()) | {contract.TRIAL_ID, contract.CONFIG_HASH})
     path = sqlite_path(tracking_uri)
     if path is not None and not path.is_file():
         return _empty_frame()  # no store yet, so nothing has run (and reading must not create one)
@@ -97,7 +96,7 @@ def load_runs(
 
 
 def _empty_frame() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in RUN_COLUMNS + [f"tags.{TRIAL_TAG}"]})
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in RUN_COLUMNS + [f"tags.{contract.TRIAL_ID}"]})
 
 
 def _connect(path: Path) -> contextlib.closing:
@@ -142,14 +141,14 @@ def _load_sql(path, ids, hashes, metric_keys, param_keys, tag_keys, tag_prefixes
             if hashes:
                 where += (" OR r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ?"
                           " AND value IN (SELECT value FROM json_each(?)))")
-                args += [HASH_TAG, json.dumps(hashes)]
+                args += [contract.CONFIG_HASH, json.dumps(hashes)]
             where += ")"
         runs = db.execute(
             "SELECT r.run_uuid, CAST(r.experiment_id AS TEXT), r.status, r.start_time, r.end_time, r.artifact_uri, r.name"
             " FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ?"
             " JOIN experiments e ON e.experiment_id = r.experiment_id"
             " WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active'" + where,
-            [TRIAL_TAG, *args],
+            [contract.TRIAL_ID, *args],
         ).fetchall()
         frame = pd.DataFrame(runs, columns=RUN_COLUMNS)
         if frame.empty:
@@ -211,9 +210,9 @@ def _load_search(uri, ids, hashes, metric_keys, param_keys, tag_keys, tag_prefix
     if not experiments:
         return _empty_frame()
     # Tags support no IN in MLflow's filter grammar: one query for all trial runs, filtered here.
-    flt = f"tags.`{TRIAL_TAG}` IS NOT NULL"
+    flt = f"tags.`{contract.TRIAL_ID}` IS NOT NULL"
     if ids is not None and len(ids) == 1 and not hashes:
-        flt = f"tags.`{TRIAL_TAG}` = '{ids[0]}'"
+        flt = f"tags.`{contract.TRIAL_ID}` = '{ids[0]}'"
     wanted = None if ids is None else set(ids)
     wanted_hashes = set(hashes)
     records, token = [], None
@@ -221,7 +220,7 @@ def _load_search(uri, ids, hashes, metric_keys, param_keys, tag_keys, tag_prefix
         page = client.search_runs(experiments, flt, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
         for run in page:
             tags = run.data.tags
-            if wanted is not None and tags.get(TRIAL_TAG) not in wanted and tags.get(HASH_TAG) not in wanted_hashes:
+            if wanted is not None and tags.get(contract.TRIAL_ID) not in wanted and tags.get(contract.CONFIG_HASH) not in wanted_hashes:
                 continue
             rec = {
                 "run_id": run.info.run_id, "experiment_id": str(run.info.experiment_id), "status": run.info.status,
@@ -243,19 +242,14 @@ def _load_search(uri, ids, hashes, metric_keys, param_keys, tag_keys, tag_prefix
     return _finish(frame)
 
 
-def select_runs(runs: pd.DataFrame, key: str = TRIAL_TAG) -> pd.DataFrame:
-    """Each trial's current run: the newest that is not superseded; indexed by the tag ``key``
-    (the trial id, or ``dinolab.config_hash``)."""
-    col = f"tags.{key}"
-    if runs.empty or col not in runs.columns:
-        return runs.iloc[0:0].set_index(pd.Index([], name=key))
-    live = runs
-    if f"tags.{SUPERSEDED_TAG}" in runs.columns:
-        live = runs[runs[f"tags.{SUPERSEDED_TAG}"].astype(object).ne("true")]
+def select_runs(runs: pd.DataFrame, key: str = contract.TRIAL_ID) -> pd.DataFrame:
+    """Each trial's current run (``contract.current_runs``), indexed by the tag ``key`` (the trial id, or
+    ``dinolab.config_hash``)."""
+    current = current_run_ids(runs, key)
+    live = runs[runs["run_id"].isin(set(current.values()))] if current else runs.iloc[0:0]
     live = live.sort_values(["start_time", "run_id"], ascending=[False, False], na_position="last")
-    live = live.drop_duplicates(subset=col, keep="first")
-    live = live[live[col].notna()]
-    return live.set_index(pd.Index(live[col].astype(object), name=key))
+    values = live[f"tags.{key}"] if f"tags.{key}" in live.columns else pd.Series([], dtype=object)
+    return live.set_index(pd.Index(values.astype(object), name=key))
 
 
 def is_missing(v) -> bool:
@@ -263,22 +257,16 @@ def is_missing(v) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
 
-def current_run_ids(runs: pd.DataFrame, key: str = TRIAL_TAG) -> dict[str, str]:
-    """``{tag value: run id}`` of each trial's current run (as ``select_runs``), from a few narrow columns."""
+def current_run_ids(runs: pd.DataFrame, key: str = contract.TRIAL_ID) -> dict[str, str]:
+    """``{tag value: run id}`` of each trial's current run (``contract.current_runs``), from a few narrow columns."""
     col = f"tags.{key}"
     if runs.empty or col not in runs.columns:
         return {}
-    sup_col = f"tags.{SUPERSEDED_TAG}"
+    sup_col = f"tags.{contract.SUPERSEDED}"
     sup = runs[sup_col].tolist() if sup_col in runs.columns else [None] * len(runs)
-    starts = runs["start_time"].tolist()
-    best: dict[str, tuple] = {}
-    for value, run_id, start, superseded in zip(runs[col].tolist(), runs["run_id"].tolist(), starts, sup):
-        if is_missing(value) or superseded == "true":
-            continue
-        rank = (-1 if is_missing(start) or start is pd.NaT else start.value, run_id)
-        if value not in best or rank > best[value]:
-            best[value] = rank
-    return {value: rank[1] for value, rank in best.items()}
+    starts = [-1 if is_missing(t) or t is pd.NaT else t.value for t in runs["start_time"].tolist()]
+    keys = [None if is_missing(v) else v for v in runs[col].tolist()]
+    return contract.current_runs(zip(keys, runs["run_id"].tolist(), starts, map(contract.is_true, sup)))
 
 
 def run_records(runs: pd.DataFrame, run_ids) -> dict[str, dict]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
 from dinolab.config import ExperimentConfig, flatten, identity_dict, resolved_params
+from dinolab.track import contract
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING")
 
@@ -78,14 +79,14 @@ def log_trial_run(
     # The same values the trial logs, written in few transactions (one per kind) to keep tests fast.
     metrics = [Metric(k, float(v[e]), ms, e) for e in range(epochs) for k, v in history.items() if e < len(v)]
     beat = heartbeat if heartbeat is not None else time.time()
-    tags = {"dinolab.device": device, "dinolab.heartbeat": str(int(beat)), "dinolab.attempts": "1",
-            "dinolab.epochs_done": str(epochs)}
+    tags = {contract.DEVICE: device, contract.HEARTBEAT: str(int(beat)), contract.ATTEMPTS: "1",
+            contract.EPOCHS_DONE: str(epochs)}
     if status == "FINISHED":
-        finals = {**summaries(history), **dict(final or {}), "epochs_done": epochs}
+        finals = {**summaries(history), **dict(final or {}), contract.EPOCHS_DONE_METRIC: epochs}
         metrics += [Metric(k, float(v), ms, epochs) for k, v in finals.items()]
-        tags.update({"dinolab.collapsed": "true" if collapsed else "false", "dinolab.collapse_reason": collapse_reason})
+        tags.update({contract.COLLAPSED: "true" if collapsed else "false", contract.COLLAPSE_REASON: collapse_reason})
     if failure_reason:
-        tags["dinolab.failure_reason"] = failure_reason
+        tags[contract.FAILURE_REASON] = failure_reason
     params = [Param(k, str(v)) for k, v in {**flatten(identity_dict(cfg)), **resolved_params(cfg)}.items()]
     run_tags = [RunTag(k, v) for k, v in tags.items()]
     if len(params) <= 100 and len(run_tags) <= 100 and len(params) + len(run_tags) + len(metrics) <= 1000:
@@ -103,4 +104,4 @@ def log_trial_run(
 
 def supersede(client, run_id: str) -> None:
     """Mark a run replaced, as ``run_trial(fresh=True)`` does before it starts the new one."""
-    client.set_tag(run_id, "dinolab.superseded", "true")
+    client.set_tag(run_id, contract.SUPERSEDED, "true")

@@ -28,14 +28,16 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 
 from dinolab.config.gridfile import Column, parse_agg
+from dinolab.track import contract
 
 from .runs import current_run_ids, run_records
 
 log = logging.getLogger(__name__)
 
-COST_METRICS = ("throughput_images_per_s", "wall_time_s", "cpu_hours", "gpu_hours", "peak_rss_mb", "cuda_peak_mb")
-TAG_PREFIXES = ("dinolab.",)
-TAG_KEYS = ("runtime.data.root", "mlflow.loggedImages", "mlflow.runName")
+COST_METRICS = contract.COST_METRICS
+DATA_ROOT_TAG = contract.RUNTIME_PREFIX + "data.root"
+TAG_PREFIXES = (contract.TRIAL_ID.split(".")[0] + ".",)  # every dinolab.* tag
+TAG_KEYS = (DATA_ROOT_TAG, contract.MLFLOW_LOGGED_IMAGES, contract.MLFLOW_RUN_NAME)
 # paper_setup's short names -> the config key they stand for ("multicrop" is derived from the crops section).
 SETUP_ALIASES = {"data": "data.name", "arch": "model.arch", "patch_size": "model.patch_size", "epochs": "train.epochs",
                  "batch_size": "train.batch_size", "multicrop": "crops"}
@@ -168,8 +170,8 @@ def metric_keys(metric: str, agg: str) -> list[str]:
     """MLflow metric keys that may hold a column's value, most specific first (see ``metric_value``)."""
     kind, k = parse_agg(agg)
     if kind == "final":
-        return [f"final/{metric}", metric]
-    return [f"best/{metric}" if kind == "best" else f"last{k}/{metric}", metric]
+        return [contract.final_key(metric), metric]
+    return [contract.best_key(metric) if kind == "best" else contract.last_key(metric, k), metric]
 
 
 def _num(x) -> Optional[float]:
@@ -191,14 +193,14 @@ def metric_value(run: Mapping, metric: str, agg: str) -> Optional[float]:
     v = _num(run.get(f"metrics.{specific}"))
     if v is not None:
         return v
-    if parse_agg(agg)[0] != "final" and _num(run.get(f"metrics.final/{metric}")) is not None:
+    if parse_agg(agg)[0] != "final" and _num(run.get(f"metrics.{contract.final_key(metric)}")) is not None:
         return None  # a per-epoch metric without this summary (e.g. last5 when trials log last3)
     return _num(run.get(f"metrics.{plain}"))
 
 
 def columns_of(grid) -> list[Column]:
     """The grid's columns (validated when made), or the k-NN column against the paper's ``knn``."""
-    return list(getattr(grid, "columns", None) or [Column(metric="knn_top1", label="k-NN", paper="knn")])
+    return list(getattr(grid, "columns", None) or [Column(metric=contract.KNN_TOP1, label="k-NN", paper="knn")])
 
 
 def setup_params(short: str) -> tuple[str, ...]:
@@ -218,7 +220,7 @@ def required_keys(grids: Sequence) -> dict[str, list[str]]:
     for grid in grids:
         for c in columns_of(grid):
             metrics.update(metric_keys(c.metric, c.agg))
-            metrics.add(f"final/{c.metric}")
+            metrics.add(contract.final_key(c.metric))
         for key in (getattr(grid, "paper_setup", None) or {}):
             params.update(setup_params(key))
     return {"metric_keys": sorted(metrics), "param_keys": sorted(params), "tag_keys": list(TAG_KEYS),
@@ -248,18 +250,18 @@ def trial_state(trial_id: str, row: str, seed: int, run: Optional[Mapping], now:
     status, run_id = str(run.get("status")), str(run.get("run_id"))
     if status in ("RUNNING", "SCHEDULED"):
         parts = []
-        if _tag(run, "dinolab.epochs_done"):
-            parts.append(f"{_tag(run, 'dinolab.epochs_done')} epochs done")
-        beat = _num(_tag(run, "dinolab.heartbeat"))
+        if _tag(run, contract.EPOCHS_DONE):
+            parts.append(f"{_tag(run, contract.EPOCHS_DONE)} epochs done")
+        beat = _num(_tag(run, contract.HEARTBEAT))
         if beat is not None:
             parts.append(f"heartbeat {_age(max(0.0, now - beat))} ago")
         return TrialState(trial_id, row, seed, "running", run_id, ", ".join(parts) or "running")
     if status == "FAILED":
-        return TrialState(trial_id, row, seed, "failed", run_id, _tag(run, "dinolab.failure_reason") or "no reason recorded")
+        return TrialState(trial_id, row, seed, "failed", run_id, _tag(run, contract.FAILURE_REASON) or "no reason recorded")
     if status == "KILLED":
-        return TrialState(trial_id, row, seed, "killed", run_id, _tag(run, "dinolab.failure_reason") or "killed")
-    if _tag(run, "dinolab.collapsed") == "true":
-        return TrialState(trial_id, row, seed, "collapsed", run_id, _tag(run, "dinolab.collapse_reason") or "collapsed")
+        return TrialState(trial_id, row, seed, "killed", run_id, _tag(run, contract.FAILURE_REASON) or "killed")
+    if _tag(run, contract.COLLAPSED) == "true":
+        return TrialState(trial_id, row, seed, "collapsed", run_id, _tag(run, contract.COLLAPSE_REASON) or "collapsed")
     return TrialState(trial_id, row, seed, "ok", run_id, "")
 
 
@@ -390,7 +392,7 @@ def _trial_values(trial, run: Optional[Mapping], keys: Sequence[str]) -> tuple[d
     if run is not None:
         values = {k: run[f"params.{k}"] for k in keys if not _missing(run.get(f"params.{k}"))}
         if values:
-            root = _tag(run, "runtime.data.root")
+            root = _tag(run, DATA_ROOT_TAG)
             return values, (None if root in ("", "None") else root)
     cfg = getattr(trial, "config", None)
     if cfg is None:
@@ -462,9 +464,10 @@ def _cost(states: list[TrialState], runs: Mapping[str, Mapping]) -> Cost:
     def stat(key):
         return Stat.of(v for v in (_num(r.get(f"metrics.{key}")) for r in done) if v is not None)
 
-    gpu = any(_tag(r, "dinolab.device").startswith("cuda") or (_num(r.get("metrics.gpu_hours")) or 0) > 0 for r in done)
-    return Cost(stat("throughput_images_per_s"), stat("wall_time_s"), stat("gpu_hours" if gpu else "cpu_hours"),
-                "GPU-h" if gpu else "CPU-h", stat("peak_rss_mb"), stat("cuda_peak_mb"))
+    gpu = any(_tag(r, contract.DEVICE).startswith("cuda") or (_num(r.get(f"metrics.{contract.GPU_HOURS}")) or 0) > 0
+              for r in done)
+    return Cost(stat(contract.THROUGHPUT), stat(contract.WALL_TIME_S), stat(contract.GPU_HOURS if gpu else contract.CPU_HOURS),
+                "GPU-h" if gpu else "CPU-h", stat(contract.PEAK_RSS_MB), stat(contract.CUDA_PEAK_MB))
 
 
 def trial_key(trial) -> tuple[Optional[str], str]:
@@ -499,7 +502,7 @@ class RunIndex:
 
     @classmethod
     def of(cls, runs: pd.DataFrame) -> "RunIndex":
-        by_id, by_hash = current_run_ids(runs), current_run_ids(runs, "dinolab.config_hash")
+        by_id, by_hash = current_run_ids(runs), current_run_ids(runs, contract.CONFIG_HASH)
         return cls(by_id, by_hash, run_records(runs, set(by_id.values()) | set(by_hash.values())))
 
 

@@ -82,10 +82,11 @@ class _TrainWorker:
         )
         try:
             if rank == 0:
+                from dinolab.track.contract import WORLD_SIZE
                 from dinolab.track.mlflow_store import MLflowReporter, client_for
 
                 reporter = MLflowReporter(client_for(tracking_uri), run_id)
-                reporter.set_tags({"dinolab.world_size": str(dist.get_world_size())})
+                reporter.set_tags({WORLD_SIZE: str(dist.get_world_size())})
             else:
                 reporter = MemoryReporter()  # train() logs on rank 0 only
             return train(cfg, reporter, workdir=Path(workdir), resume=resume, should_stop=should_stop, on_epoch_end=self._record)

@@ -27,6 +27,8 @@ from typing import Iterable, Optional
 from dinolab.config import ConfigError, config_to_dict
 from dinolab.home import default_storage, redact_uri, resolve_tracking_uri
 
+from dinolab.track import contract
+
 from . import cluster, store
 from .locks import FileLock, clear_cancel, launch_lock_path, request_cancel, storage_root
 from .trainable import TrialTask
@@ -34,7 +36,7 @@ from .trainable import TrialTask
 log = logging.getLogger(__name__)
 
 SCHEDULERS = ("fifo", "asha")
-ASHA_METRIC, ASHA_MODE = "knn_top1", "max"
+ASHA_METRIC, ASHA_MODE = contract.KNN_TOP1, "max"
 DONE, RUN, SKIP = "done", "run", "skip"
 
 
@@ -298,16 +300,16 @@ def _parent_tags(plan: Plan) -> dict[str, str]:
 
     commit, dirty = git_state()
     tags = {
-        "dinolab.grid": plan.grid.name,
-        "dinolab.grid_file": str(plan.grid.path),
-        "dinolab.trials": str(len(plan.items)),
-        "dinolab.storage": str(plan.storage),
-        "dinolab.version": __version__,
-        "dinolab.git_commit": commit,
-        "dinolab.git_dirty": dirty,
+        contract.PARENT_GRID_NAME: plan.grid.name,
+        contract.PARENT_GRID_FILE: str(plan.grid.path),
+        contract.PARENT_TRIALS: str(len(plan.items)),
+        contract.PARENT_STORAGE: str(plan.storage),
+        contract.VERSION: __version__,
+        contract.GIT_COMMIT: commit,
+        contract.GIT_DIRTY: dirty,
     }
     if getattr(plan.grid, "paper_table", None):
-        tags["dinolab.paper_table"] = plan.grid.paper_table
+        tags[contract.PARENT_PAPER_TABLE] = plan.grid.paper_table
     return tags
 
 
@@ -469,7 +471,7 @@ def _maybe_close_parent(client, parent: str, after: Plan, active: FileLock, plan
             status = "KILLED"
         else:
             status = "FAILED"
-        summary = {f"dinolab.trials_{k.replace(' ', '_')}": str(v) for k, v in counts.items()}
+        summary = {contract.PARENT_COUNT_PREFIX + k.replace(" ", "_"): str(v) for k, v in counts.items()}
         store.close_parent_run(client, parent, status, summary)
     finally:
         last.release()

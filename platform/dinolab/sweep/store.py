@@ -13,22 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
+
+from dinolab.track import contract
+from dinolab.track.contract import RunRecord, current_run, tag_grids  # noqa: F401 (re-exported)
 
 from .locks import FileLock, is_locked, claim_path, parent_lock_path, tags_lock_path
 
 log = logging.getLogger(__name__)
-
-TRIAL_TAG = "dinolab.trial_id"
-PARENT_TAG = "dinolab.grid_parent"
-SUPERSEDED_TAG = "dinolab.superseded"
-GRIDS_TAG = "dinolab.grids"
-GRID_TAG_PREFIX = "dinolab.grid."
-EARLY_STOP_TAG = "dinolab.early_stopped"
-HEARTBEAT_TAG = "dinolab.heartbeat"
-REASON_TAG = "dinolab.failure_reason"
 
 # Trial states shown by `dinolab status` / `--dry-run`.
 FINISHED = "finished"
@@ -39,55 +32,6 @@ CANCELLED = "cancelled"  # KILLED by --cancel: resumes from its checkpoint at th
 STOPPED = "stopped early"  # KILLED by the ASHA scheduler: done for that search
 MISSING = "missing"
 DONE_STATES = (FINISHED, STOPPED)
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    experiment_id: str
-    status: str  # MLflow: RUNNING | FINISHED | FAILED | KILLED | SCHEDULED
-    start_time: int  # ms
-    end_time: Optional[int]
-    tags: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def trial_id(self) -> str:
-        return self.tags.get(TRIAL_TAG, "")
-
-    @property
-    def superseded(self) -> bool:
-        return self.tags.get(SUPERSEDED_TAG, "").lower() == "true"
-
-    @property
-    def early_stopped(self) -> bool:
-        return self.tags.get(EARLY_STOP_TAG, "").lower() == "true"
-
-    @property
-    def grids(self) -> set[str]:
-        return tag_grids(self.tags)
-
-    @property
-    def heartbeat(self) -> Optional[float]:
-        try:
-            return float(self.tags[HEARTBEAT_TAG])
-        except (KeyError, ValueError):
-            return None
-
-    @property
-    def reason(self) -> str:
-        return self.tags.get(REASON_TAG, "")
-
-
-def tag_grids(tags: dict[str, str]) -> set[str]:
-    """The grids a run serves: ``dinolab.grid.<name>`` tags and the ``dinolab.grids`` list."""
-    grids = {k[len(GRID_TAG_PREFIX):] for k, v in tags.items() if k.startswith(GRID_TAG_PREFIX) and v == "1"}
-    grids.update(g for g in tags.get(GRIDS_TAG, "").split(",") if g)
-    return grids
-
-
-def _record(run) -> RunRecord:
-    info = run.info
-    return RunRecord(info.run_id, info.experiment_id, info.status, int(info.start_time or 0), info.end_time, dict(run.data.tags))
 
 
 def store_exists(uri: str) -> bool:
@@ -136,7 +80,7 @@ def _search(client, experiment_ids: list[str], filter_string: str) -> list[RunRe
     out, token = [], None
     while experiment_ids:
         page = client.search_runs(experiment_ids, filter_string, run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
-        out.extend(_record(r) for r in page)
+        out.extend(RunRecord.of(r) for r in page)
         token = page.token
         if not token:
             break
@@ -148,9 +92,9 @@ def trial_runs(client, trial_ids: Optional[Iterable[str]] = None) -> dict[str, l
     wanted = None if trial_ids is None else list(dict.fromkeys(trial_ids))
     experiments = active_experiment_ids(client)
     if wanted is not None and len(wanted) <= 8:  # a few ids: one indexed query each
-        records = [r for tid in wanted for r in _search(client, experiments, f"tags.`{TRIAL_TAG}` = '{tid}'")]
+        records = [r for tid in wanted for r in _search(client, experiments, f"tags.`{contract.TRIAL_ID}` = '{tid}'")]
     else:
-        records = _search(client, experiments, f"tags.`{TRIAL_TAG}` IS NOT NULL")
+        records = _search(client, experiments, f"tags.`{contract.TRIAL_ID}` IS NOT NULL")
     out: dict[str, list[RunRecord]] = {tid: [] for tid in wanted or []}
     for rec in records:
         if wanted is None or rec.trial_id in out:
@@ -160,11 +104,6 @@ def trial_runs(client, trial_ids: Optional[Iterable[str]] = None) -> dict[str, l
     return out
 
 
-def current_run(records: Iterable[RunRecord]) -> Optional[RunRecord]:
-    """The newest run that is not superseded (``records`` newest first)."""
-    return next((r for r in records if not r.superseded), None)
-
-
 def trial_state(record: Optional[RunRecord], claimed: bool, now: Optional[float] = None) -> tuple[str, str]:
     """(state, detail) of a trial from its current run and whether its claim lock is held."""
     now = time.time() if now is None else now
@@ -172,7 +111,7 @@ def trial_state(record: Optional[RunRecord], claimed: bool, now: Optional[float]
         return (RUNNING, "starting") if claimed else (MISSING, "")
     beat = record.heartbeat
     seen = f"heartbeat {now - beat:.0f} s ago" if beat else "no heartbeat"
-    epochs = record.tags.get("dinolab.epochs_done")
+    epochs = record.epochs_done
     progress = f", {epochs} epochs done" if epochs else ""
     if claimed and record.status != "FINISHED":
         return RUNNING, f"run {record.run_id}, {seen}{progress}"
@@ -207,10 +146,10 @@ def add_grid(client, storage: Path, trial_id: str, run_id: str, grid: str) -> bo
     with FileLock(tags_lock_path(storage, trial_id)):
         tags = dict(client.get_run(run_id).data.tags)
         grids = tag_grids(tags)
-        if grid in grids and tags.get(GRID_TAG_PREFIX + grid) == "1":
+        if grid in grids and tags.get(contract.GRID_PREFIX + grid) == "1":
             return False
         grids.add(grid)
-        client.log_batch(run_id, tags=[RunTag(GRID_TAG_PREFIX + grid, "1"), RunTag(GRIDS_TAG, ",".join(sorted(grids)))])
+        client.log_batch(run_id, tags=[RunTag(contract.GRID_PREFIX + grid, "1"), RunTag(contract.GRIDS, ",".join(sorted(grids)))])
         return True
 
 
@@ -224,7 +163,7 @@ def supersede(client, records: Iterable[RunRecord], reason: str) -> list[str]:
             continue
         if rec.status == "RUNNING":
             client.set_terminated(rec.run_id, status="KILLED")
-        client.log_batch(rec.run_id, tags=[RunTag(SUPERSEDED_TAG, "true"), RunTag("dinolab.superseded_reason", reason[:4000])])
+        client.log_batch(rec.run_id, tags=[RunTag(contract.SUPERSEDED, "true"), RunTag(contract.SUPERSEDED_REASON, reason[:4000])])
         done.append(rec.run_id)
     return done
 
@@ -234,24 +173,25 @@ def clear_failure(client, rec: RunRecord) -> None:
     from mlflow.entities import RunTag
 
     if rec.reason:
-        client.log_batch(rec.run_id, tags=[RunTag("dinolab.previous_failure", rec.reason[:4000])])
-        client.delete_tag(rec.run_id, REASON_TAG)
+        client.log_batch(rec.run_id, tags=[RunTag(contract.PREVIOUS_FAILURE, rec.reason[:4000])])
+        client.delete_tag(rec.run_id, contract.FAILURE_REASON)
 
 
 def mark_early_stopped(client, run_id: str, reason: str) -> None:
     """An ASHA-stopped trial: KILLED, tagged early-stopped (done for its search, not resumed)."""
     from mlflow.entities import RunTag
 
-    client.log_batch(run_id, tags=[RunTag(EARLY_STOP_TAG, "true"), RunTag(REASON_TAG, reason)])
+    client.log_batch(run_id, tags=[RunTag(contract.EARLY_STOPPED, "true"), RunTag(contract.FAILURE_REASON, reason)])
     client.set_terminated(run_id, status="KILLED")
 
 
 # ----------------------------------------------------------------------------- the grid's parent run
 
 
-def find_parent_run(client, experiment_id: str, grid: str) -> Optional[RunRecord]:
-    """The grid's parent run (tag ``dinolab.grid_parent=<grid>``), the oldest if several."""
-    found = _search(client, [experiment_id], f"tags.`{PARENT_TAG}` = '{grid}'")
+def find_parent_run(client, experiment_ids: str | Iterable[str], grid: str) -> Optional[RunRecord]:
+    """The grid's parent run (tag ``dinolab.grid_parent=<grid>``) in these experiments, the oldest if several."""
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    found = _search(client, ids, f"tags.`{contract.PARENT_GRID}` = '{grid}'")
     return min(found, key=lambda r: (r.start_time, r.run_id)) if found else None
 
 
@@ -262,7 +202,7 @@ def open_parent_run(client, experiment_id: str, grid: str, storage: Path, tags: 
     with FileLock(parent_lock_path(storage, grid)):
         rec = find_parent_run(client, experiment_id, grid)
         if rec is None:
-            run = client.create_run(experiment_id, run_name=f"grid {grid}", tags={**tags, PARENT_TAG: grid})
+            run = client.create_run(experiment_id, run_name=f"grid {grid}", tags={**tags, contract.PARENT_GRID: grid})
             log.info("grid %s: created parent run %s", grid, run.info.run_id)
             return run.info.run_id
         client.update_run(rec.run_id, status="RUNNING")

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from dinolab.track import contract
+
 log = logging.getLogger(__name__)
 
 
@@ -72,7 +74,7 @@ def node_tags(previous: str = "") -> dict[str, str]:
     nodes = [n for n in previous.split(",") if n]
     if not nodes or nodes[-1] != node["id"]:
         nodes.append(node["id"])
-    return {"dinolab.node": node["id"], "dinolab.node_ip": node["ip"], "dinolab.nodes": ",".join(nodes)}
+    return {contract.NODE: node["id"], contract.NODE_IP: node["ip"], contract.NODES: ",".join(nodes)}
 
 
 def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]] = None) -> dict:
@@ -138,7 +140,7 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             from .distributed import WorkerGroupTrainer
 
             train_fn = WorkerGroupTrainer(task.workers, task.cpus_per_worker, task.gpus_per_worker)
-        where = node_tags(current.tags.get("dinolab.nodes", "") if resume else "")
+        where = node_tags(current.tags.get(contract.NODES, "") if resume else "")
         if where:
             train_fn = _tagging(train_fn, where)
 
@@ -157,7 +159,7 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             train_fn=train_fn,
         )
         summary = {"outcome": outcome.status.lower(), "trial_id": tid, "run_id": outcome.run_id}
-        summary.update({k: float(v) for k, v in outcome.final.items() if k in ("knn_top1", "linear_top1")})
+        summary.update({k: float(v) for k, v in outcome.final.items() if k in (contract.KNN_TOP1, contract.LINEAR_TOP1)})
         return summary
     finally:
         claim.release()

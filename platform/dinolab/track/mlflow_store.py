@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from dinolab.home import default_artifact_root
+from dinolab.track.contract import MLFLOW_PARENT_RUN
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class MLflowReporter:
 def start_run(client, experiment_id: str, run_name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> str:
     tags = {k: _clip(v) for k, v in tags.items()}
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[MLFLOW_PARENT_RUN] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return run.info.run_id
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from dinolab.config.schema import ExperimentConfig
 from dinolab.memory import peak_rss_mb, reset_peak_rss
+from dinolab.track import contract
 from dinolab.track.reporter import Reporter
 
 from . import checkpoint as ckpt
@@ -340,12 +341,12 @@ def train(
     elif is_main and eval_sets is not None:
         # k-NN of the network at random init: the baseline every trained number is read against.
         knn0, _ = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
-        result.final["knn_top1_random_init"] = knn0
+        result.final[contract.KNN_TOP1_RANDOM_INIT] = knn0
         if unwrap(teacher).backbone.supports_attention:
             from dinolab.eval.attention import evaluate_attention
 
             attn0, _ = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
-            result.final.update({f"{k}_random_init": v for k, v in attn0.items()})
+            result.final.update({contract.random_init_key(k): v for k, v in attn0.items()})
     result.start_epoch = start_epoch
 
     # --- loop.
@@ -362,7 +363,7 @@ def train(
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
         teacher_temp = float(temp_sched[epoch])
-        sums = {"loss": 0.0, "teacher_entropy": 0.0, "kl": 0.0}
+        sums = {contract.LOSS: 0.0, contract.TEACHER_ENTROPY: 0.0, contract.KL: 0.0}
         student.train()
         epoch_start = time.perf_counter()
         n_steps = 0
@@ -386,10 +387,10 @@ def train(
                 crops = finish_views(crops)  # colour jitter, grayscale, blur, solarize, normalise: batched
             out = train_step(parts, crops, epoch=epoch, teacher_temp=teacher_temp, momentum=float(mom_sched[step]),
                              where=f"at epoch {epoch} step {it}")
-            sums["loss"] += out.loss
+            sums[contract.LOSS] += out.loss
             if out.teacher_entropy is not None:
-                sums["teacher_entropy"] += out.teacher_entropy
-                sums["kl"] += out.kl
+                sums[contract.TEACHER_ENTROPY] += out.teacher_entropy
+                sums[contract.KL] += out.kl
             n_steps += 1
             progress.update(epoch, it, steps_per_epoch, out.loss)
 
@@ -401,19 +402,19 @@ def train(
 
         metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
         if cfg.dino.loss != "ce":
-            metrics.pop("teacher_entropy"), metrics.pop("kl")
-        metrics.update(
-            lr=float(lr_sched[epoch * steps_per_epoch]),
-            weight_decay=float(wd_sched[epoch * steps_per_epoch]),
-            momentum=float(mom_sched[epoch * steps_per_epoch]),
-            teacher_temp=teacher_temp,
-            images_per_s=n_steps * cfg.train.batch_size / max(elapsed, 1e-9),
-        )
+            metrics.pop(contract.TEACHER_ENTROPY), metrics.pop(contract.KL)
+        metrics.update({
+            contract.LR: float(lr_sched[epoch * steps_per_epoch]),
+            contract.WEIGHT_DECAY: float(wd_sched[epoch * steps_per_epoch]),
+            contract.MOMENTUM: float(mom_sched[epoch * steps_per_epoch]),
+            contract.TEACHER_TEMP: teacher_temp,
+            contract.IMAGES_PER_S: n_steps * cfg.train.batch_size / max(elapsed, 1e-9),
+        })
         if bad_images is not None:
-            metrics["unreadable_images"] = bad_images
+            metrics[contract.UNREADABLE_IMAGES] = bad_images
         last_epoch = epoch == epochs - 1
         if is_main and ((epoch + 1) % cfg.eval.knn_every == 0 or last_epoch):
-            metrics["knn_top1"], eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+            metrics[contract.KNN_TOP1], eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))
         history.setdefault("epoch", []).append(float(epoch))
@@ -445,19 +446,19 @@ def train(
     result.epochs_done = epochs
     if is_main:
         final_dir = workdir / "final"
-        ckpt.atomic_save(unwrap(teacher).backbone.state_dict(), final_dir / "teacher_backbone.pt")
+        ckpt.atomic_save(unwrap(teacher).backbone.state_dict(), final_dir / contract.WEIGHTS_FILE)
         ckpt.atomic_save(unwrap(student).backbone.state_dict(), final_dir / "student_backbone.pt")
         if eval_cache is None:  # resumed after the last epoch's evaluation
             _, eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
-        if "knn_top1" in history:
-            result.final["knn_top1"] = history["knn_top1"][-1]
+        if contract.KNN_TOP1 in history:
+            result.final[contract.KNN_TOP1] = history[contract.KNN_TOP1][-1]
         if unwrap(teacher).backbone.supports_attention:
             # The paper's Figures 1/3/4: last-block [CLS] attention, and its Jaccard with object masks.
             from dinolab.eval.attention import evaluate_attention
 
             attn, figure = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
             result.final.update(attn)
-            reporter.log_image(figure, "attention/cls_maps", step=epochs)
+            reporter.log_image(figure, contract.ATTENTION_IMAGE, step=epochs)
         if cfg.eval.linear:
             from dinolab.eval.linear import linear_probe
 
@@ -466,14 +467,14 @@ def train(
                 tr_f, tr_y, te_f, te_y, num_classes, lrs=cfg.eval.linear_lrs, epochs=cfg.eval.linear_epochs,
                 val_fraction=cfg.eval.val_fraction, seed=cfg.train.seed,
             )
-            result.final["linear_top1"] = float(probe["top1"])
-            result.final["linear_val_top1"] = float(probe["val_top1"])
+            result.final[contract.LINEAR_TOP1] = float(probe["top1"])
+            result.final[contract.LINEAR_VAL_TOP1] = float(probe["val_top1"])
         if train_seconds > 0:
-            result.final["throughput_images_per_s"] = train_images / train_seconds
-        result.final["train_seconds"] = train_seconds
-        result.final["peak_rss_mb"] = peak_rss_mb()
-        result.final["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-        result.final["loop_wall_s"] = time.time() - wall_start
+            result.final[contract.THROUGHPUT] = train_images / train_seconds
+        result.final[contract.TRAIN_SECONDS] = train_seconds
+        result.final[contract.PEAK_RSS_MB] = peak_rss_mb()
+        result.final[contract.CUDA_PEAK_MB] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+        result.final[contract.LOOP_WALL_S] = time.time() - wall_start
     return result
 
 
