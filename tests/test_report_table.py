@@ -210,9 +210,9 @@ def test_superseded_runs_never_show(table):
     # seed 1's newest run failed: its superseded 77 is stale; seed 2's superseded 99 is replaced by 40.
     assert cell.per_seed == {0: 45.0, 2: 40.0}
     _close(cell.stat, 42.5, math.sqrt(12.5), 2)
-    assert cell.status == "ok" and cell.counts == {"ok": 2, "failed": 1}
+    assert cell.status == "ok" and cell.counts == {"finished": 2, "failed": 1}  # trial states: lifecycle.TrialState
     assert "seed 1: failed: RuntimeError: CUDA out of memory" in cell.reasons
-    assert [t.status for t in table.row("MoCo-v2-like").trials] == ["ok", "failed", "ok"]
+    assert [t.status for t in table.row("MoCo-v2-like").trials] == ["finished", "failed", "finished"]
 
 
 def test_unmatched_setup_shows_effects_and_agreement(table):

@@ -59,9 +59,11 @@ def test_dry_run_lists_every_trial_and_writes_nothing(grid_file, capsys):
 
 def test_status_reads_runs_by_trial_id(grid_file, capsys, tmp_path):
     from dinolab.config import ID_SCHEME
+    from dinolab.report.synthetic import new_sqlite_store
     from dinolab.track.mlflow_store import client_for, get_or_create_experiment
 
     ids = _ids(grid_file)
+    new_sqlite_store(default_tracking_uri()[len("sqlite:///"):])  # a migrated copy: MLflow's migrations take ~20 s
     client = client_for(default_tracking_uri())
     exp = get_or_create_experiment(client, "dinolab")
     scheme = {"dinolab.id_scheme": str(ID_SCHEME)}  # runs of today's trial ids (older ones would need dinolab migrate)

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from dinolab import lifecycle
+from dinolab.lifecycle import TrialState
 from dinolab.sweep import store
 from dinolab.track import contract
 from dinolab.sweep.locks import FileLock, claim_path
@@ -41,28 +43,28 @@ def test_runs_by_trial_newest_first_and_the_current_run_skips_superseded(mlflow_
     assert store.current_run(runs["t1"]).run_id == new
     everything = store.trial_runs(client)  # no ids: one scan of every run that has a trial id
     assert {"t1", "t2"} <= set(everything) and "" not in everything
-    state, detail = store.trial_state(store.current_run(runs["t1"]), claimed=False)
-    assert state == store.FAILED and "non-finite loss: nan" in detail
+    state, detail = lifecycle.describe(store.current_run(runs["t1"]), claimed=False)
+    assert state == TrialState.FAILED and "non-finite loss: nan" in detail
 
 
 def test_trial_states_read_with_the_claim_lock(mlflow_store, tmp_path):
     client, exp = mlflow_store
     rid = _run(client, exp, "s1", "RUNNING", **{contract.HEARTBEAT: str(int(time.time()) - 100)})
     rec = store.current_run(store.trial_runs(client, ["s1"])["s1"])
-    state, detail = store.trial_state(rec, store.claimed(tmp_path, "s1"))
-    assert state == store.INTERRUPTED and "owner gone" in detail and "heartbeat 10" in detail
+    state, detail = lifecycle.describe(rec, lifecycle.claimed(tmp_path, "s1"))
+    assert state == TrialState.INTERRUPTED and "owner gone" in detail and "heartbeat 10" in detail
     with FileLock(claim_path(tmp_path, "s1")):
-        assert store.trial_state(rec, store.claimed(tmp_path, "s1"))[0] == store.RUNNING
-    assert store.trial_state(None, claimed=False)[0] == store.MISSING
-    assert store.trial_state(None, claimed=True)[0] == store.RUNNING
+        assert lifecycle.describe(rec, lifecycle.claimed(tmp_path, "s1"))[0] == TrialState.RUNNING
+    assert lifecycle.describe(None, claimed=False)[0] == TrialState.MISSING
+    assert lifecycle.describe(None, claimed=True)[0] == TrialState.RUNNING
 
     client.set_terminated(rid, status="KILLED")
     rec = store.current_run(store.trial_runs(client, ["s1"])["s1"])
-    assert store.trial_state(rec, False)[0] == store.CANCELLED
-    store.mark_early_stopped(client, rid, "stopped early by ASHA after 1 epoch(s)")
+    assert lifecycle.describe(rec, False)[0] == TrialState.CANCELLED
+    lifecycle.mark_early_stopped(client, rid, "stopped early by ASHA after 1 epoch(s)")
     rec = store.current_run(store.trial_runs(client, ["s1"])["s1"])
-    assert store.trial_state(rec, False) == (store.STOPPED, f"run {rid}: stopped early by ASHA after 1 epoch(s)")
-    assert store.STOPPED in store.DONE_STATES
+    assert lifecycle.describe(rec, False) == (TrialState.STOPPED, f"run {rid}: stopped early by ASHA after 1 epoch(s)")
+    assert TrialState.STOPPED in lifecycle.DONE
 
 
 def test_grid_tags_merge_and_supersede_closes_running_runs(mlflow_store, tmp_path):
@@ -75,7 +77,7 @@ def test_grid_tags_merge_and_supersede_closes_running_runs(mlflow_store, tmp_pat
 
     running = _run(client, exp, "g2", "RUNNING")
     recs = store.trial_runs(client, ["g2"])["g2"]
-    assert store.supersede(client, recs, "replaced by --rerun") == [running]
+    assert lifecycle.supersede(client, recs, "replaced by --rerun") == [running]
     run = client.get_run(running)
     assert run.info.status == "KILLED" and run.data.tags[contract.SUPERSEDED] == "true"
     assert store.current_run(store.trial_runs(client, ["g2"])["g2"]) is None

@@ -301,6 +301,7 @@ def apply_plan(client, plan: Plan, storage: Path) -> Path:
     """Back up, then re-tag, supersede and rename as planned; returns the backup folder."""
     from mlflow.entities import Param, RunTag
 
+    from dinolab import lifecycle
     from dinolab.sweep import store
 
     backup = _backup(client, plan, storage)
@@ -314,7 +315,7 @@ def apply_plan(client, plan: Plan, storage: Path) -> Path:
             client.log_batch(c.run_id, tags=tags if i == 0 else [], params=params[i:i + 100])
     records = {rec.run_id: rec for recs in store.trial_runs(client).values() for rec in recs}
     for run_id, reason in plan.supersede.items():
-        store.supersede(client, [records[run_id]], reason)
+        lifecycle.supersede(client, [records[run_id]], reason)
     for old, new in plan.renames.items():
         src, dst = storage / "trials" / old, storage / "trials" / new
         os.rename(src, dst)
@@ -347,7 +348,7 @@ def require_current_scheme(client, storage: Path, tracking_uri: str) -> None:
     from mlflow.entities import ViewType
 
     from dinolab.config import ConfigError
-    from dinolab.sweep.store import TRIAL_TAG, active_experiment_ids
+    from dinolab.sweep.store import active_experiment_ids
 
     try:
         if json.loads((Path(storage) / MARKER).read_text()).get("id_scheme") == ID_SCHEME:
@@ -355,8 +356,8 @@ def require_current_scheme(client, storage: Path, tracking_uri: str) -> None:
     except (OSError, ValueError, AttributeError):
         pass
     experiments = active_experiment_ids(client)
-    for older in (f"tags.`{TRIAL_TAG}` IS NOT NULL AND tags.`{SCHEME_TAG}` IS NULL",
-                  f"tags.`{TRIAL_TAG}` IS NOT NULL AND tags.`{SCHEME_TAG}` != '{ID_SCHEME}'"):
+    for older in (f"tags.`{contract.TRIAL_ID}` IS NOT NULL AND tags.`{SCHEME_TAG}` IS NULL",
+                  f"tags.`{contract.TRIAL_ID}` IS NOT NULL AND tags.`{SCHEME_TAG}` != '{ID_SCHEME}'"):
         if experiments and client.search_runs(experiments, older, run_view_type=ViewType.ACTIVE_ONLY, max_results=1):
             raise ConfigError(f"the tracking store {redact_uri(tracking_uri)} holds trial runs of an older trial-id scheme: "
                               f"run `dinolab migrate --dry-run`, then `dinolab migrate`, before launching "

@@ -4,23 +4,22 @@ This is the adapter between ``train(cfg, reporter)`` and MLflow; ``dinolab run``
 directly and the sweep calls it inside each Ray Tune trial. A trial lives in
 ``<storage>/trials/<trial id>/`` with its checkpoints and a ``trial.json`` naming its MLflow run,
 so a retried or relaunched trial continues the same run and logs only the epochs after its
-checkpoint.
+checkpoint. Whether it continues, starts fresh or supersedes runs is ``dinolab.lifecycle``'s decision;
+this module trains and records.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from dinolab import __version__
+from dinolab import __version__, lifecycle
 from dinolab.config import (
     ID_SCHEME, METHOD_VERSION, ExperimentConfig, config_hash, dump_config, flatten, identity_dict, resolved_params, runtime_dict,
     trial_id,
@@ -123,29 +122,6 @@ def trial_tags(cfg: ExperimentConfig, tid: str, fingerprint: str, grids: Iterabl
     return tags
 
 
-def _read_state(workdir: Path) -> dict:
-    path = workdir / "trial.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_state(workdir: Path, **state) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f"trial.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, workdir / "trial.json")
-
-
-def _run_exists(client, run_id: str) -> bool:
-    try:
-        client.get_run(run_id)
-        return True
-    except Exception:
-        return False
-
-
 def run_trial(
     cfg: ExperimentConfig,
     *,
@@ -158,18 +134,21 @@ def run_trial(
     raise_errors: bool = False,
     on_epoch_end: Optional[Callable[[int, dict], None]] = None,
     train_fn: Optional[Callable[..., "TrainResult"]] = None,
+    decision: Optional["lifecycle.Decision"] = None,
 ) -> TrialOutcome:
     """Run (or continue) one trial and record it as one MLflow run.
 
     tracking_uri: the store to record in (default: cfg.tracking.uri, $MLFLOW_TRACKING_URI, the home's store).
-    fresh: start over even if an unfinished checkpoint exists (the old run is tagged superseded).
+    fresh: start over even if an unfinished checkpoint exists (the old runs are tagged superseded).
+    decision: ``lifecycle.decide``'s RESUME or FRESH, taken by the caller under the trial's claim (the sweep);
+        default: decided here (resume the run this trial's folder holds, else start fresh).
     raise_errors: re-raise unexpected exceptions after marking the run FAILED (Ray retries them).
     on_epoch_end: called after each epoch's metrics and checkpoint are written (a sweep reports to Ray Tune).
     train_fn: replaces ``dinolab.train.loop.train`` with the same signature (the sweep's multi-worker group).
     """
     from dinolab.config.checks import check_device_here
     from dinolab.data.datasets import check_training_data
-    from dinolab.track.mlflow_store import MLflowReporter, client_for, end_run, get_or_create_experiment, reopen_run, start_run
+    from dinolab.track.mlflow_store import MLflowReporter, client_for, get_or_create_experiment, reopen_run, start_run
     from dinolab.train.checkpoint import UnsafeCheckpoint
     from dinolab.train.loop import NonFiniteLoss, TrainingCancelled, train
 
@@ -186,28 +165,26 @@ def run_trial(
     experiment_id = get_or_create_experiment(client, cfg.tracking.experiment)
     tags = trial_tags(cfg, tid, fingerprint, grids)
 
-    state = _read_state(workdir)
-    old_run = state.get("run_id")
-    reopen = (
-        not fresh and old_run and state.get("status") != "FINISHED" and _run_exists(client, old_run)
-    )
-    if not reopen:
-        if old_run and _run_exists(client, old_run):
-            client.set_tag(old_run, contract.SUPERSEDED, "true")
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(workdir / "final", ignore_errors=True)
+    if decision is None:
+        from dinolab.sweep.store import trial_runs
+
+        runs = trial_runs(client, [tid])[tid]
+        decision = lifecycle.decide(runs, lifecycle.read_folder(workdir), workdir, reuse=False, rerun=fresh)
+    if decision.action == lifecycle.REUSE:
+        raise ValueError(f"trial {tid}: run_trial trains; a reused run ({decision.run.run_id}) is the caller's to report")
+    lifecycle.prepare(client, decision, workdir)
+    if decision.action == lifecycle.RESUME:
+        run_id = decision.run.run_id
+        reopen_run(client, run_id)
+        reporter = MLflowReporter(client, run_id)
+        reporter.set_tags({k: v for k, v in tags.items() if k.startswith(contract.RESUME_PREFIXES)})
+    else:
         run_id = start_run(client, experiment_id, cfg.tracking.run_name or cfg.name, tags, parent_run_id)
         reporter = MLflowReporter(client, run_id)
         reporter.log_params({**flatten(identity_dict(cfg)), **resolved_params(cfg)})  # as written, and as trained
         reporter.log_text(dump_config(cfg), contract.CONFIG_ARTIFACT)
         reporter.log_text(environment_text(), contract.ENVIRONMENT_ARTIFACT)
-    else:
-        run_id = old_run
-        reopen_run(client, run_id)
-        reporter = MLflowReporter(client, run_id)
-        reporter.set_tags({k: v for k, v in tags.items() if k.startswith(contract.RESUME_PREFIXES)})
-    attempts = int(state.get("attempts", 0)) + 1
-    _write_state(workdir, run_id=run_id, trial_id=tid, status="RUNNING", attempts=attempts, tracking_uri=redact_uri(uri))
+    attempts = lifecycle.begin_attempt(workdir, tid, run_id, redact_uri(uri))
     (workdir / contract.CONFIG_ARTIFACT).write_text(dump_config(cfg))
     log.info("trial %s -> MLflow run %s (%s), checkpoints in %s", tid, run_id, redact_uri(uri), workdir)
 
@@ -237,7 +214,7 @@ def run_trial(
     from dinolab.eval.collapse import detect_collapse
 
     final = dict(result.final)
-    final[contract.WALL_TIME_S] = time.time() - wall + float(state.get(contract.WALL_TIME_S, 0.0))
+    final[contract.WALL_TIME_S] = time.time() - wall + float(decision.folder.get(contract.WALL_TIME_S, 0.0))
     final[contract.EPOCHS_DONE_METRIC] = result.epochs_done
     final.update(cost_hours(cfg, final.get(contract.LOOP_WALL_S, final[contract.WALL_TIME_S]), device_name))
     collapsed, reason = detect_collapse(result.history, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
@@ -262,7 +239,5 @@ def _close(client, reporter, workdir, tid, run_id, status, reason, final=None) -
         reporter.set_tags({contract.FAILURE_REASON: reason[:4000]})
         log.warning("trial %s %s: %s", tid, status, reason)
     end_run(client, run_id, status)
-    state = _read_state(workdir)
-    state.update(status=status, reason=reason)
-    _write_state(workdir, **state)
+    lifecycle.end_attempt(workdir, status, reason)
     return TrialOutcome(tid, run_id, status, final or {}, reason, workdir)

@@ -6,9 +6,9 @@ writes it as Markdown / LaTeX / CSV, ``dashboard`` as one self-contained HTML pa
 ``dinolab report`` and ``dinolab dashboard`` commands.
 """
 
-from .table import Cell, Column, Cost, Row, Stat, Summary, Table, TrialState, build_table, report_table, tables_for_grids
+from .table import Cell, Column, Cost, Row, RowTrial, Stat, Summary, Table, build_table, report_table, tables_for_grids
 
 __all__ = [
-    "Cell", "Column", "Cost", "Row", "Stat", "Summary", "Table", "TrialState", "build_table", "report_table",
+    "Cell", "Column", "Cost", "Row", "RowTrial", "Stat", "Summary", "Table", "build_table", "report_table",
     "tables_for_grids",
 ]

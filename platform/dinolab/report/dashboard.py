@@ -195,7 +195,7 @@ def table_html(table: Table, digits: int = 1) -> str:
         tds += [f'<td class="text">{_e(row.labels.get(k, ""))}</td>' for k in table.label_columns]
         for spec, cell in zip(table.columns, row.cells):
             title = _e(" | ".join(cell.reasons)) if cell.reasons else ""
-            status = "na" if cell.status == "n/a" else cell.status
+            status = "na" if cell.status == "n/a" else cell.status.replace(" ", "-")
             tds.append(f'<td class="status-{status}" data-status="{_e(cell.status)}" title="{title}">{_e(cell_text(cell, digits))}</td>')
             comp = compare_text(row, cell, digits) if (spec.paper or row.compare == "effect") else ("–" if row.compare else "")
             comp_td = f'<td class="{_e(cell.agreement or "")}">{_e(comp)}</td>'
@@ -374,7 +374,7 @@ def default_output(grid: str) -> Path:
 
 def write_dashboard(grid_or_path, out: Optional[os.PathLike] = None, tracking_uri: Optional[str] = None,
                     overrides: Sequence[str] = (), *, log_to_parent: bool = True, method: str = "auto",
-                    now: Optional[float] = None) -> tuple[Path, Table, Optional[str]]:
+                    now: Optional[float] = None, storage: Optional[Path] = None) -> tuple[Path, Table, Optional[str]]:
     """Build a grid's dashboard and write it to ``out`` (a file, or a folder for ``<grid>.html``; default
     ``dashboards/<grid>.html``); also log it on the grid's parent run when there is one.
 
@@ -387,7 +387,7 @@ def write_dashboard(grid_or_path, out: Optional[os.PathLike] = None, tracking_ur
 
     grid = as_grid(grid_or_path, overrides)
     (_, uri, runs, keys, index), = load_grid_runs([grid], tracking_uri, method=method)
-    table = build_table(grid, runs, tracking_uri=uri, now=now, keys=keys, index=index)
+    table = build_table(grid, runs, tracking_uri=uri, now=now, keys=keys, index=index, storage=storage)
     run_ids = [t.run_id for r in table.rows for t in r.trials if t.run_id]
     histories = load_histories(uri, run_ids, HISTORY_KEYS, method=method)
 

@@ -18,14 +18,16 @@ from typing import Optional
 
 import pandas as pd
 
+from dinolab.lifecycle import MEASURED, TrialState
 from dinolab.track import contract
 
 from .table import Cell, Row, Stat, Table
 
 FORMATS = ("md", "latex", "csv")
 SUFFIX = {"md": ".md", "latex": ".tex", "csv": ".csv"}
-_STATUS_WORDS = {"missing": "not run", "running": "running", "failed": "failed", "killed": "killed", "n/a": "n/a",
-                 "reference": "–"}
+_STATUS_WORDS = {TrialState.MISSING: "not run", "n/a": "n/a", "reference": "–"}  # else the state's own word
+# States whose cell (with no value) shows the first trial's reason.
+_WITH_REASON = (TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED, TrialState.INTERRUPTED, TrialState.RUNNING)
 REASON_CHARS = 48
 
 
@@ -59,12 +61,12 @@ def cell_text(cell: Cell, digits: int = 1) -> str:
         text = fmt_stat(cell.stat, digits)
         if cell.status == "collapsed":
             text += " collapsed"
-        pending = [f"{n} {_STATUS_WORDS.get(s, s)}" for s, n in cell.counts.items() if s not in ("ok", "collapsed")]
+        pending = [f"{n} {_STATUS_WORDS.get(s, s)}" for s, n in cell.counts.items() if s not in MEASURED]
         if pending:
             text += f" (+{', '.join(pending)})"
         return text
     word = _STATUS_WORDS.get(cell.status, cell.status)
-    if cell.status in ("failed", "killed", "running"):
+    if cell.status in _WITH_REASON:
         first = next((r for r in cell.reasons if f": {cell.status}: " in r), "")
         reason = first.split(f": {cell.status}: ", 1)[-1] if first else ""
         if reason:
@@ -176,7 +178,7 @@ def _count_states(table: Table) -> str:
 
 
 def notes(table: Table) -> list[str]:
-    """Setup differences and the full reasons of failed, killed, running and collapsed trials."""
+    """Setup differences and the full reasons of trials not finished cleanly (failed, cancelled, running, collapsed, ...)."""
     out = list(table.notes)
     setup = []
     for row in table.rows:
@@ -187,7 +189,7 @@ def notes(table: Table) -> list[str]:
         out.append("Setup differs from the paper's: " + "; ".join(setup) + ".")
     for row in table.rows:
         for st in row.trials:
-            if st.status in ("failed", "killed", "running", "collapsed") and st.reason:
+            if st.status not in (TrialState.FINISHED, TrialState.MISSING) and st.reason:
                 out.append(f"{row.name}, seed {st.seed} ({st.trial_id}): {st.status}: {' '.join(st.reason.split())}")
     return out
 

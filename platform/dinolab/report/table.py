@@ -22,13 +22,16 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from dinolab import lifecycle
 from dinolab.config.gridfile import Column, parse_agg
+from dinolab.lifecycle import TrialState
 from dinolab.track import contract
+from dinolab.track.contract import RunRecord
 
 from .runs import current_run_ids, run_records
 
@@ -46,9 +49,9 @@ _ARCH_ALIASES = {"vits": "vitsmall", "vitb": "vitbase", "vitt": "vittiny", "deit
                  "rn50": "resnet50", "r50": "resnet50"}
 _DATA_ALIASES = {"imagenet1k": "imagenet", "in1k": "imagenet", "ilsvrc2012": "imagenet", "ilsvrc": "imagenet"}
 _CROP_KEYS = ("crops.global_size", "crops.local_size", "crops.local_number")
-TRIAL_STATUSES = ("ok", "collapsed", "running", "failed", "killed", "missing")
-# Headline of a cell with no measured value: the first status present, in this order.
-_EMPTY_PRIORITY = ("failed", "killed", "running", "n/a", "missing")
+# Headline of a cell with no measured value: the first trial state present, in this order.
+_EMPTY_PRIORITY = (TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED, TrialState.INTERRUPTED,
+                   TrialState.RUNNING, "n/a", TrialState.MISSING)
 
 
 # ---------------------------------------------------------------- structure
@@ -74,13 +77,13 @@ class Stat:
 
 
 @dataclass
-class TrialState:
+class RowTrial:
     """One trial of a row: its current run and what became of it."""
 
     trial_id: str
     row: str
     seed: int
-    status: str  # ok | collapsed | running | failed | killed | missing
+    status: TrialState
     run_id: Optional[str] = None
     reason: str = ""
 
@@ -89,10 +92,10 @@ class TrialState:
 class Cell:
     row: str
     column: str  # the column's label
-    status: str  # ok | collapsed | failed | killed | running | n/a | missing | reference
+    status: str  # ok | collapsed (a value) | a TrialState none of whose trials has one | n/a | reference
     stat: Optional[Stat] = None
     per_seed: dict[int, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)  # trial status -> number of the row's trials
+    counts: dict[str, int] = field(default_factory=dict)  # trial state (or n/a) -> number of the row's trials
     reasons: list[str] = field(default_factory=list)
     paper: Optional[float] = None
     diff: Optional[float] = None  # measured - paper (setup matches the paper's)
@@ -121,7 +124,7 @@ class Row:
     setup_notes: list[str] = field(default_factory=list)  # why the setup differs from the paper's
     cells: list[Cell] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
-    trials: list[TrialState] = field(default_factory=list)
+    trials: list[RowTrial] = field(default_factory=list)
 
 
 @dataclass
@@ -243,26 +246,25 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def trial_state(trial_id: str, row: str, seed: int, run: Optional[Mapping], now: float) -> TrialState:
-    """What became of a trial, from its current run (None: never run)."""
+def trial_state(trial_id: str, row: str, seed: int, run: Optional[Mapping], now: float,
+                storage: Optional[Path] = None) -> RowTrial:
+    """What became of a trial (``lifecycle.state_of``), from its current run (None: never run) and, for an
+    unfinished run, its claim under ``storage`` where its folder is there."""
     if run is None:
-        return TrialState(trial_id, row, seed, "missing", None, "not run")
-    status, run_id = str(run.get("status")), str(run.get("run_id"))
-    if status in ("RUNNING", "SCHEDULED"):
-        parts = []
-        if _tag(run, contract.EPOCHS_DONE):
-            parts.append(f"{_tag(run, contract.EPOCHS_DONE)} epochs done")
-        beat = _num(_tag(run, contract.HEARTBEAT))
-        if beat is not None:
-            parts.append(f"heartbeat {_age(max(0.0, now - beat))} ago")
-        return TrialState(trial_id, row, seed, "running", run_id, ", ".join(parts) or "running")
-    if status == "FAILED":
-        return TrialState(trial_id, row, seed, "failed", run_id, _tag(run, contract.FAILURE_REASON) or "no reason recorded")
-    if status == "KILLED":
-        return TrialState(trial_id, row, seed, "killed", run_id, _tag(run, contract.FAILURE_REASON) or "killed")
-    if _tag(run, contract.COLLAPSED) == "true":
-        return TrialState(trial_id, row, seed, "collapsed", run_id, _tag(run, contract.COLLAPSE_REASON) or "collapsed")
-    return TrialState(trial_id, row, seed, "ok", run_id, "")
+        return RowTrial(trial_id, row, seed, TrialState.MISSING, None, "not run")
+    rec = RunRecord.of_row(run)
+    claimed = None if storage is None or rec.status == "FINISHED" else lifecycle.claim_seen(storage, trial_id)
+    state = lifecycle.state_of(rec, claimed)
+    if state in (TrialState.RUNNING, TrialState.INTERRUPTED):
+        parts = [f"{rec.epochs_done} epochs done"] if rec.epochs_done else []
+        if rec.heartbeat is not None:
+            parts.append(f"heartbeat {_age(max(0.0, now - rec.heartbeat))} ago")
+        reason = ", ".join(parts) or "running"
+        reason = f"owner gone: {reason}" if state == TrialState.INTERRUPTED else reason
+    else:
+        reason = {TrialState.FAILED: rec.reason or "no reason recorded", TrialState.CANCELLED: rec.reason or "killed",
+                  TrialState.STOPPED: rec.reason or "killed", TrialState.COLLAPSED: rec.collapse_reason or "collapsed"}.get(state, "")
+    return RowTrial(trial_id, row, seed, state, rec.run_id, reason)
 
 
 # ---------------------------------------------------------------- paper values and setups
@@ -432,18 +434,18 @@ def agreement(effect: Optional[Stat], paper_effect: Optional[float]) -> Optional
     return "agree" if (effect.mean > 0) == (paper_effect > 0) else "disagree"
 
 
-def _cell(row_name: str, spec: Column, states: list[TrialState], runs: Mapping[str, Mapping]) -> Cell:
+def _cell(row_name: str, spec: Column, states: list[RowTrial], runs: Mapping[str, Mapping]) -> Cell:
     per_seed, counts, reasons, collapsed = {}, {}, [], False
     for st in states:
         counts[st.status] = counts.get(st.status, 0) + 1
-        value = metric_value(runs[st.trial_id], spec.metric, spec.agg) if st.status in ("ok", "collapsed") else None
+        value = metric_value(runs[st.trial_id], spec.metric, spec.agg) if st.status in lifecycle.MEASURED else None
         if value is not None:
             per_seed[st.seed] = value
-            collapsed |= st.status == "collapsed"
-        elif st.status in ("ok", "collapsed"):
+            collapsed |= st.status == TrialState.COLLAPSED
+        elif st.status in lifecycle.MEASURED:
             counts["n/a"] = counts.get("n/a", 0) + 1
             counts[st.status] -= 1
-        if st.status in ("failed", "killed", "running", "collapsed") and st.reason:
+        if st.status not in (TrialState.FINISHED, TrialState.MISSING) and st.reason:
             text = f"seed {st.seed}: {st.status}: {st.reason}"
             if text not in reasons:
                 reasons.append(text)
@@ -456,8 +458,8 @@ def _cell(row_name: str, spec: Column, states: list[TrialState], runs: Mapping[s
     return Cell(row_name, spec.label, status, stat, dict(sorted(per_seed.items())), counts, reasons)
 
 
-def _cost(states: list[TrialState], runs: Mapping[str, Mapping]) -> Cost:
-    done = [runs[s.trial_id] for s in states if s.status in ("ok", "collapsed")]
+def _cost(states: list[RowTrial], runs: Mapping[str, Mapping]) -> Cost:
+    done = [runs[s.trial_id] for s in states if s.status in lifecycle.MEASURED]
     if not done:
         return Cost()
 
@@ -508,14 +510,18 @@ class RunIndex:
 
 def build_table(grid, runs: Optional[pd.DataFrame], *, paper_tables: Optional[Mapping] = None, tracking_uri: str = "",
                 now: Optional[float] = None, keys: Optional[Mapping[int, tuple]] = None,
-                index: Optional[RunIndex] = None) -> Table:
+                index: Optional[RunIndex] = None, storage: Optional[Path] = None) -> Table:
     """The table of ``grid`` (a ``dinolab.config.grid.Grid``) from ``runs`` (a ``load_runs`` frame).
 
     paper_tables: ``{id: PaperTable}`` (default ``load_paper_tables()`` when a row names its paper row).
     now: unix time for heartbeat ages (default: the clock). keys: ``{id(trial): trial_key(trial)}`` and
     index: ``RunIndex.of(runs)``, when already computed (several grids read from one frame share them).
+    storage: where the trials' folders and claims are (default: the home's), to tell running from interrupted.
     """
+    from dinolab.home import default_storage
+
     now = time.time() if now is None else now
+    storage = default_storage() if storage is None else Path(storage)
     columns = columns_of(grid)
     table_id = getattr(grid, "paper_table", None)
     paper_table = None
@@ -578,7 +584,7 @@ def build_table(grid, runs: Optional[pd.DataFrame], *, paper_tables: Optional[Ma
             rec = records.get(chosen.get(id(t), ""))
             if rec is not None:
                 run_of[state_key] = rec
-            states.append(trial_state(state_key, name, t.seed, rec, now))
+            states.append(trial_state(state_key, name, t.seed, rec, now, storage))
         row = Row(name, default=gr is default, reference_only=ref,
                   labels={k: str(v) for k, v in (getattr(gr, "labels", None) or {}).items()}, trials=states)
         if ref:
@@ -669,9 +675,11 @@ def load_grid_runs(grids: Sequence, tracking_uri: Optional[str] = None, *, metho
 
 
 def tables_for_grids(grids: Sequence, tracking_uri: Optional[str] = None, *, method: str = "auto",
-                     now: Optional[float] = None, paper_tables: Optional[Mapping] = None) -> list[Table]:
+                     now: Optional[float] = None, paper_tables: Optional[Mapping] = None,
+                     storage: Optional[Path] = None) -> list[Table]:
     """The tables of several grids from one read of the store (grids sharing a store share the query)."""
-    return [build_table(g, runs, paper_tables=paper_tables, tracking_uri=uri, now=now, keys=keys, index=index)
+    return [build_table(g, runs, paper_tables=paper_tables, tracking_uri=uri, now=now, keys=keys, index=index,
+                        storage=storage)
             for g, uri, runs, keys, index in load_grid_runs(grids, tracking_uri, method=method)]
 
 
@@ -685,6 +693,6 @@ def as_grid(grid_or_path, overrides: Sequence[str] = ()):
 
 
 def report_table(grid_or_path, tracking_uri: Optional[str] = None, overrides: Sequence[str] = (), *,
-                 method: str = "auto", now: Optional[float] = None) -> Table:
+                 method: str = "auto", now: Optional[float] = None, storage: Optional[Path] = None) -> Table:
     """The table of one grid or ablation file, read from ``tracking_uri`` (default: where its trials log)."""
-    return tables_for_grids([as_grid(grid_or_path, overrides)], tracking_uri, method=method, now=now)[0]
+    return tables_for_grids([as_grid(grid_or_path, overrides)], tracking_uri, method=method, now=now, storage=storage)[0]

@@ -27,10 +27,12 @@ from typing import Iterable, Optional
 from dinolab.config import ConfigError, config_to_dict
 from dinolab.home import default_storage, redact_uri, resolve_tracking_uri
 
+from dinolab import lifecycle
+from dinolab.lifecycle import TrialState
 from dinolab.track import contract
 
 from . import cluster, store
-from .locks import FileLock, clear_cancel, launch_lock_path, request_cancel, storage_root
+from .locks import FileLock, clear_cancel, launch_lock_path, storage_root
 from .trainable import TrialTask
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def load_sweep_grid(path, overrides: Iterable = (), workers=None, cpus_per_worke
 class PlanItem:
     trial: object  # dinolab.config.grid.Trial
     trial_id: str
-    state: str
+    state: TrialState
     detail: str
     action: str
     runs: list = field(default_factory=list)  # RunRecord, newest first
@@ -137,12 +139,12 @@ def plan_grid(grid, storage: Optional[Path] = None, *, rerun: bool = False, reru
     items = []
     for tid, t in trials:
         current = store.current_run(runs[tid])
-        state, detail = store.trial_state(current, store.claimed(storage, tid))
+        state, detail = lifecycle.describe(current, lifecycle.claimed(storage, tid))
         if rerun:
             action = RUN
-        elif state in store.DONE_STATES:
+        elif state in lifecycle.DONE:
             action = DONE
-        elif state == store.FAILED:
+        elif state == TrialState.FAILED:
             action = RUN if rerun_failed else SKIP
         else:
             action = RUN
@@ -154,7 +156,7 @@ def format_plan(plan: Plan, with_detail: bool = True) -> str:
     """The trial table (row, seed, overrides, id, status) of the grid module, plus each trial's detail."""
     from dinolab.config.grid import dry_run_table
 
-    statuses = {i.trial_id: i.state + ("" if i.action != RUN or i.state == store.MISSING else " -> runs") for i in plan.items}
+    statuses = {i.trial_id: i.state + ("" if i.action != RUN or i.state == TrialState.MISSING else " -> runs") for i in plan.items}
     text = dry_run_table(plan.grid, statuses)
     notes = [f"  {i.trial_id}  {i.trial.row} seed {i.trial.seed}: {i.detail}" for i in plan.items if i.detail and with_detail]
     if notes:
@@ -279,7 +281,7 @@ class LaunchReport:
 
     @property
     def complete(self) -> bool:
-        return self.after is not None and all(i.state in store.DONE_STATES for i in self.after.items)
+        return self.after is not None and all(i.state in lifecycle.DONE for i in self.after.items)
 
 
 def _task(item: PlanItem, plan: Plan, parent: str, poll_s: float, marker: tuple = (None, None)) -> TrialTask:
@@ -441,17 +443,15 @@ def _fit(plan: Plan, tasks: dict, sched, max_concurrent, max_failures, verbose):
 
 
 def _close_early_stopped(client, plan: Plan, stopped: dict[str, int]) -> None:
-    from .locks import claim_path
-
     for tid, epoch in stopped.items():
-        claim = FileLock(claim_path(plan.storage, tid))
+        claim = lifecycle.claim(plan.storage, tid)
         if not claim.acquire(timeout=60):
             log.warning("trial %s: stopped by ASHA but its claim is still held; left as is", tid)
             continue
         try:
             current = store.current_run(store.trial_runs(client, [tid])[tid])
             if current is not None and current.status != "FINISHED":
-                store.mark_early_stopped(client, current.run_id, f"stopped early by ASHA after {epoch} epoch(s)")
+                lifecycle.mark_early_stopped(client, current.run_id, f"stopped early by ASHA after {epoch} epoch(s)")
         finally:
             claim.release()
 
@@ -465,9 +465,9 @@ def _maybe_close_parent(client, parent: str, after: Plan, active: FileLock, plan
         return
     try:
         counts = after.counts()
-        if all(i.state in store.DONE_STATES for i in after.items):
+        if all(i.state in lifecycle.DONE for i in after.items):
             status = "FINISHED"
-        elif counts.get(store.CANCELLED):
+        elif counts.get(TrialState.CANCELLED):
             status = "KILLED"
         else:
             status = "FAILED"
@@ -481,15 +481,5 @@ def _maybe_close_parent(client, parent: str, after: Plan, active: FileLock, plan
 
 
 def cancel(grid, storage: Optional[Path] = None) -> tuple[Path, list[str]]:
-    """Write the grid's cancel marker; returns it and the ids of the trials running now."""
-    storage = storage_root(storage or default_storage())
-    marker = request_cancel(storage, grid.name)
-    running = []
-    seen = set()
-    for t in grid.trials:
-        tid = t.trial_id
-        if tid not in seen and store.claimed(storage, tid):
-            running.append(tid)
-        seen.add(tid)
-    return marker, running
-
+    """Write the grid's cancel marker (``lifecycle.cancel``); returns it and the ids of the trials running now."""
+    return lifecycle.cancel(grid, storage_root(storage or default_storage()))

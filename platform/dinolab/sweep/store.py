@@ -1,10 +1,8 @@
 """What the MLflow store says about a grid's trials: runs by trial id, the grid's parent run, grid tags.
 
-A trial is identified by the tag ``dinolab.trial_id``; it may have several runs (``--rerun`` tags the
-old ones ``dinolab.superseded=true``). The run that counts is the newest one that is not superseded.
-Its state is read together with the trial's claim lock (``locks.claim_path``): a RUNNING run whose
-claim nobody holds belongs to a process that died (the ``dinolab.heartbeat`` tag says when it was
-last seen) and is taken over by the next launch.
+A trial is identified by the tag ``dinolab.trial_id``; it may have several runs, of which one is current
+(``contract.current_run``). What a trial's runs mean, and what a launch does with them, is
+``dinolab.lifecycle``'s: this module only reads runs and keeps the grid tags and parent runs.
 
 Every function takes an ``MlflowClient`` bound to an absolute tracking URI.
 """
@@ -12,26 +10,15 @@ Every function takes an ``MlflowClient`` bound to an absolute tracking URI.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Iterable, Optional
 
 from dinolab.track import contract
 from dinolab.track.contract import RunRecord, current_run, tag_grids  # noqa: F401 (re-exported)
 
-from .locks import FileLock, is_locked, claim_path, parent_lock_path, tags_lock_path
+from .locks import FileLock, parent_lock_path, tags_lock_path
 
 log = logging.getLogger(__name__)
-
-# Trial states shown by `dinolab status` / `--dry-run`.
-FINISHED = "finished"
-RUNNING = "running"
-INTERRUPTED = "interrupted"  # RUNNING in MLflow, but nobody holds its claim: the owner died
-FAILED = "failed"
-CANCELLED = "cancelled"  # KILLED by --cancel: resumes from its checkpoint at the next launch
-STOPPED = "stopped early"  # KILLED by the ASHA scheduler: done for that search
-MISSING = "missing"
-DONE_STATES = (FINISHED, STOPPED)
 
 
 def store_exists(uri: str) -> bool:
@@ -104,35 +91,7 @@ def trial_runs(client, trial_ids: Optional[Iterable[str]] = None) -> dict[str, l
     return out
 
 
-def trial_state(record: Optional[RunRecord], claimed: bool, now: Optional[float] = None) -> tuple[str, str]:
-    """(state, detail) of a trial from its current run and whether its claim lock is held."""
-    now = time.time() if now is None else now
-    if record is None:
-        return (RUNNING, "starting") if claimed else (MISSING, "")
-    beat = record.heartbeat
-    seen = f"heartbeat {now - beat:.0f} s ago" if beat else "no heartbeat"
-    epochs = record.epochs_done
-    progress = f", {epochs} epochs done" if epochs else ""
-    if claimed and record.status != "FINISHED":
-        return RUNNING, f"run {record.run_id}, {seen}{progress}"
-    if record.status == "FINISHED":
-        return FINISHED, f"run {record.run_id}"
-    if record.status == "RUNNING":
-        return INTERRUPTED, f"run {record.run_id}: owner gone ({seen}{progress}); resumes at the next launch"
-    if record.status == "KILLED":
-        if record.early_stopped:
-            return STOPPED, f"run {record.run_id}: {record.reason}"
-        return CANCELLED, f"run {record.run_id}: {record.reason or 'killed'}{progress}; resumes at the next launch"
-    if record.status == "FAILED":
-        return FAILED, f"run {record.run_id}: {record.reason or 'no reason recorded'}"
-    return MISSING, f"run {record.run_id} is {record.status}"
-
-
-def claimed(storage: Path, trial_id: str) -> bool:
-    return is_locked(claim_path(storage, trial_id))
-
-
-# ----------------------------------------------------------------------------- changing runs
+# ----------------------------------------------------------------------------- grid tags
 
 
 def add_grid(client, storage: Path, trial_id: str, run_id: str, grid: str) -> bool:
@@ -151,38 +110,6 @@ def add_grid(client, storage: Path, trial_id: str, run_id: str, grid: str) -> bo
         grids.add(grid)
         client.log_batch(run_id, tags=[RunTag(contract.GRID_PREFIX + grid, "1"), RunTag(contract.GRIDS, ",".join(sorted(grids)))])
         return True
-
-
-def supersede(client, records: Iterable[RunRecord], reason: str) -> list[str]:
-    """Tag runs ``dinolab.superseded=true``; one still marked RUNNING is closed as KILLED first."""
-    from mlflow.entities import RunTag
-
-    done = []
-    for rec in records:
-        if rec.superseded:
-            continue
-        if rec.status == "RUNNING":
-            client.set_terminated(rec.run_id, status="KILLED")
-        client.log_batch(rec.run_id, tags=[RunTag(contract.SUPERSEDED, "true"), RunTag(contract.SUPERSEDED_REASON, reason[:4000])])
-        done.append(rec.run_id)
-    return done
-
-
-def clear_failure(client, rec: RunRecord) -> None:
-    """A failed run that a retry continues: its old reason becomes history, not the outcome."""
-    from mlflow.entities import RunTag
-
-    if rec.reason:
-        client.log_batch(rec.run_id, tags=[RunTag(contract.PREVIOUS_FAILURE, rec.reason[:4000])])
-        client.delete_tag(rec.run_id, contract.FAILURE_REASON)
-
-
-def mark_early_stopped(client, run_id: str, reason: str) -> None:
-    """An ASHA-stopped trial: KILLED, tagged early-stopped (done for its search, not resumed)."""
-    from mlflow.entities import RunTag
-
-    client.log_batch(run_id, tags=[RunTag(contract.EARLY_STOPPED, "true"), RunTag(contract.FAILURE_REASON, reason)])
-    client.set_terminated(run_id, status="KILLED")
 
 
 # ----------------------------------------------------------------------------- the grid's parent run

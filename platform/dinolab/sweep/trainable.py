@@ -5,12 +5,12 @@ directory). The function
 
 1. returns at once when the grid's cancel marker exists; fails (Tune retries elsewhere) on a node that
    does not see the launch's storage root (a node an autoscaler added after the pre-flight check);
-2. takes the trial's claim lock (``<storage>/trials/<id>/claim.lock``), waiting while another launch
-   trains it (and giving up if the grid is cancelled meanwhile); the lock dies with this process;
-3. under the lock, looks at the trial's runs again: a FINISHED run that this launch does not replace
-   means someone finished it while we waited, so the run is only tagged with this grid;
-4. otherwise continues the run named by the trial folder's ``trial.json`` (a retry or a relaunch), or
-   starts a new run after tagging the replaced / orphaned runs superseded;
+2. takes the trial's claim (``lifecycle.claim``), waiting while another launch trains it (and giving up
+   if the grid is cancelled meanwhile); the lock dies with this process;
+3. under the claim, reads the trial's runs again and asks ``lifecycle.decide``: a FINISHED run that this
+   launch does not replace means someone finished it while we waited, so the run is only tagged with
+   this grid; otherwise the run the trial folder holds is resumed (a retry or a relaunch), or a new run
+   supersedes the replaced / orphaned ones;
 5. trains through ``dinolab.trial.run_trial`` (one process, or a worker group for ``workers > 1``),
    reporting each epoch to Tune; unexpected errors propagate so Tune retries from the checkpoint.
    The run records the Ray node it runs on (``dinolab.node``, ``dinolab.node_ip``) and every node
@@ -21,7 +21,6 @@ The trainer is imported inside the function (a launcher is only an adapter).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,13 +56,6 @@ class TrialTask:
         return asdict(self)
 
 
-def _read_state(workdir: Path) -> dict:
-    try:
-        return json.loads((workdir / "trial.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def node_tags(previous: str = "") -> dict[str, str]:
     """Tags naming this process's Ray node; ``previous``: the run's ``dinolab.nodes`` so far. {} outside Ray."""
     from .cluster import current_node
@@ -82,11 +74,11 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
 
     ``outcome``: finished | failed | killed (cancelled) | reused (finished elsewhere) | cancelled (before start).
     """
+    from dinolab import lifecycle
     from dinolab.config import build_config
-    from dinolab.home import trial_dir
 
     from . import store
-    from .locks import FileLock, cancel_marker, claim_path
+    from .locks import cancel_marker
 
     storage = Path(task.storage)
     tid = task.trial_id
@@ -97,38 +89,22 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
         from .cluster import verify_launch_marker
 
         verify_launch_marker(task.storage_marker, task.storage_nonce or "", task.storage)
-    claim = FileLock(claim_path(storage, tid))
+    claim = lifecycle.claim(storage, tid)
     if not claim.acquire(blocking=True, poll_s=task.claim_poll_s, abort=marker.exists):
         return {"outcome": "cancelled", "trial_id": tid}
     try:
         client = store.open_client(task.tracking_uri)
         runs = store.trial_runs(client, [tid])[tid]
-        current = store.current_run(runs)
-        replaced = task.rerun and current is not None and current.run_id in task.replace
-        if current is not None and current.status == "FINISHED" and not replaced:
-            # Finished by another launch (or grid) while this one waited: it serves this grid too.
-            store.add_grid(client, storage, tid, current.run_id, task.grid)
-            return {"outcome": "reused", "trial_id": tid, "run_id": current.run_id}
-        if current is not None and current.early_stopped and not task.rerun:
-            return {"outcome": "reused", "trial_id": tid, "run_id": current.run_id}
-
-        workdir = trial_dir(storage, tid)
-        state = _read_state(workdir)
-        named = state.get("run_id")
-        # Continue the current run only when this trial folder holds its checkpoints (trial.json names it).
-        resume = current is not None and not replaced and named == current.run_id
-        if resume:
-            store.clear_failure(client, current)
-        else:
-            if replaced:
-                stale = [r for r in runs if r.run_id in task.replace]
-                why = "replaced by --rerun"
-            else:
-                stale = [current] if current is not None else []
-                why = f"taken over: its checkpoints are not under {workdir}"
-            store.supersede(client, stale, why)
+        workdir = lifecycle.folder(storage, tid)
+        decision = lifecycle.decide(runs, lifecycle.read_folder(workdir), workdir, rerun=task.rerun, replace=task.replace)
+        if decision.action == lifecycle.REUSE:
+            if decision.run.status == "FINISHED":
+                # Finished by another launch (or grid) while this one waited: it serves this grid too.
+                store.add_grid(client, storage, tid, decision.run.run_id, task.grid)
+            return {"outcome": "reused", "trial_id": tid, "run_id": decision.run.run_id}
+        resume = decision.action == lifecycle.RESUME
         cfg = build_config(task.config, source=f"grid {task.grid} row {task.row!r} seed {task.seed}")
-        if resume and int(state.get("attempts", 0)) >= 1 and cfg.train.fail_at_step is not None:
+        if resume and int(decision.folder.get("attempts", 0)) >= 1 and cfg.train.fail_at_step is not None:
             # Fault injection fires on a trial's first attempt only: the retry must get through.
             cfg.train.fail_at_step = None
         if cfg.train.threads is None:
@@ -140,7 +116,7 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             from .distributed import WorkerGroupTrainer
 
             train_fn = WorkerGroupTrainer(task.workers, task.cpus_per_worker, task.gpus_per_worker)
-        where = node_tags(current.tags.get(contract.NODES, "") if resume else "")
+        where = node_tags(decision.run.tags.get(contract.NODES, "") if resume else "")
         if where:
             train_fn = _tagging(train_fn, where)
 
@@ -152,7 +128,7 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             storage=storage,
             parent_run_id=task.parent_run_id,
             grids=sorted(grids),
-            fresh=not resume,
+            decision=decision,
             should_stop=marker.exists,
             raise_errors=True,
             on_epoch_end=on_epoch,

@@ -224,6 +224,12 @@ class RunRecord:
         return self.tags.get(COLLAPSE_REASON, "")
 
     @classmethod
+    def of_row(cls, row) -> "RunRecord":
+        """From a row of a report frame (``report.runs.load_runs``: ``run_id``, ``status``, ``tags.<key>``, ...)."""
+        tags = {k[5:]: v for k, v in row.items() if k.startswith("tags.") and isinstance(v, str)}
+        return cls(str(row.get("run_id")), str(row.get("experiment_id")), str(row.get("status")), 0, None, tags)
+
+    @classmethod
     def of(cls, run) -> "RunRecord":
         """From an ``mlflow.entities.Run``."""
         info = run.info
