@@ -13,8 +13,8 @@ from dinolab.track import contract
 PACKAGE = Path(contract.__file__).resolve().parents[1]
 REPO = PACKAGE.parents[1]
 
-# A tag literal: dinolab.<name>, runtime.<key>, or one of MLflow's camel-case system tags.
-TAG_RE = re.compile(r"^(dinolab\.[a-z_]|runtime\.[a-z_]|mlflow\.[a-z]+[A-Z])")
+# A tag literal (or a tag prefix): dinolab.<name>, runtime.<key>, or one of MLflow's camel-case system tags.
+TAG_RE = re.compile(r"^(dinolab\.[a-z_][a-z_.]*|runtime\.[a-z_][a-z_.]*|mlflow\.[a-z]+[A-Z][A-Za-z]*)$")
 SUMMARY_RE = re.compile(r"^(final|best|last\d*)/")
 # Metric names that are also config field names (dino.loss, dino.momentum, dino.teacher_temp, train.lr, ...) or common words
 # cannot be told from those in source; every other metric, summary and artifact name can.
@@ -25,13 +25,16 @@ NAMES = (set(contract.COLUMN_METRICS) - AMBIGUOUS) | {
 }
 
 
-def _docstrings(tree) -> set[int]:
+def _not_names(tree) -> set[int]:
+    """Constants that cannot be a tracking name: docstrings and logger names (``getLogger("dinolab.x")``)."""
     ids = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 ids.add(id(first.value))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "getLogger":
+            ids.update(id(a) for a in node.args)
     return ids
 
 
@@ -39,7 +42,7 @@ def stray_literals(source: str) -> list[tuple[int, str]]:
     """(line, text) of every string constant (f-string parts included, docstrings not) that names a tag,
     a metric, a summary or an artifact."""
     tree = ast.parse(source)
-    docs = _docstrings(tree)
+    docs = _not_names(tree)
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
@@ -50,8 +53,9 @@ def stray_literals(source: str) -> list[tuple[int, str]]:
 
 
 def test_the_scan_finds_a_stray_literal():
-    found = stray_literals('"""dinolab.doc"""\nx = {"dinolab.heartbeat": 1}\ny = f"best/{m}"\nz = m["knn_top1"]\n')
-    assert [t for _, t in found] == ["dinolab.heartbeat", "best/", "knn_top1"]
+    found = stray_literals('"""dinolab.doc"""\nx = {"dinolab.heartbeat": 1}\ny = f"best/{m}"\nz = m["knn_top1"]\n'
+                           'w = f"dinolab.grid.{g}"\nlog = logging.getLogger("dinolab.x")\nv = "see dinolab.config"\n')
+    assert [t for _, t in found] == ["dinolab.heartbeat", "best/", "knn_top1", "dinolab.grid."]
 
 
 def test_no_tag_metric_or_artifact_literal_outside_the_contract():

@@ -46,6 +46,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from dinolab.track import contract
+
 log = logging.getLogger("dinolab.gpu_check")
 
 PASS, FAIL, NO_CUDA = "PASS", "FAIL", "NO-CUDA"
@@ -200,7 +202,7 @@ def bench_step(ctx: Context) -> tuple[list[Check], dict]:
                 x["mfu_vs_datasheet_bf16"] = x["step_tflops"] / peak[0]
             mfu = x.get("mfu_vs_datasheet_bf16")
             checks.append(Check(f"{name} measured", math.isfinite(rec.value) and rec.value > 0,
-                                f"{x['images_per_s']:.1f} img/s, {x['step_tflops']:.1f} TFLOP/s, "
+                                f"{x[contract.IMAGES_PER_S]:.1f} img/s, {x['step_tflops']:.1f} TFLOP/s, "
                                 f"peak {rec.peak_memory_mb:.0f} MiB, {rec.config['crops']}, batch {rec.config['batch']}"))
             checks.append(Check("MFU vs dense bf16 datasheet peak", None if mfu is None else 0 < mfu <= 1,
                                 "device not in the peak table" if mfu is None else
@@ -239,7 +241,7 @@ def training_step(ctx: Context) -> tuple[list[Check], dict]:
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     cfg = load_experiment(repo_root() / EXPERIMENT, overrides(data, a.train_epochs, a.train_steps, workers))
     checks, figures = run_training(cfg, ctx.out / "training", ctx.scratch / "trial", a.train_max_seconds)
-    peak, bench_peak = figures.get("final", {}).get("cuda_peak_mb"), ctx.shared.get("bench_peak_mb")
+    peak, bench_peak = figures.get("final", {}).get(contract.CUDA_PEAK_MB), ctx.shared.get("bench_peak_mb")
     if peak and bench_peak:  # the loop resets the peak: an earlier, larger step must not show through
         checks.append(Check("cuda_peak_mb is the trial's own", peak < bench_peak,
                             f"{peak:.0f} MiB vs {bench_peak:.0f} MiB of the earlier ViT-S step in this process"))

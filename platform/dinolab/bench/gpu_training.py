@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dinolab.track import contract
+
 from .context import repo_root
 from .gpu_check import Check
 
@@ -111,16 +113,16 @@ def run_training(cfg, out: Path, workdir: Path, max_seconds: float) -> tuple[lis
     except TrainingCancelled as e:
         done = len(reporter.metrics)
         return [Check("finished within --train-max-seconds", False, f"{e}; {done} epochs logged in {max_seconds:g} s")], {
-            "epochs_logged": done, "knn_top1": reporter.history("knn_top1")}
+            "epochs_logged": done, contract.KNN_TOP1: reporter.history(contract.KNN_TOP1)}
     wall = time.perf_counter() - start
     final = dict(result.final)
-    final.update(cost_hours(cfg, final["loop_wall_s"], str(cfg.train.device)))
+    final.update(cost_hours(cfg, final[contract.LOOP_WALL_S], str(cfg.train.device)))
     h = result.history
     epochs = cfg.train.epochs
-    knn, knn0 = h.get("knn_top1", []), final.get("knn_top1_random_init")
+    knn, knn0 = h.get(contract.KNN_TOP1, []), final.get(contract.KNN_TOP1_RANDOM_INIT)
     collapsed, reason = detect_collapse(h, out_dim=cfg.dino.out_dim, num_classes=result.num_classes)
     lines = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").is_file() else []
-    expected_gpu_hours = final["loop_wall_s"] / 3600.0
+    expected_gpu_hours = final[contract.LOOP_WALL_S] / 3600.0
     checks = [
         Check(f"trained through train() on {cfg.train.device}", result.epochs_done == epochs and all(math.isfinite(v) for v in h.get("loss", [])),
               f"{result.epochs_done}/{epochs} epochs x {cfg.train.steps_per_epoch} steps, loss {h['loss'][0]:.4g} -> {h['loss'][-1]:.4g}"),
@@ -129,9 +131,10 @@ def run_training(cfg, out: Path, workdir: Path, max_seconds: float) -> tuple[lis
         Check("k-NN above random init at the end", None if not knn or knn0 is None else knn[-1] > knn0,
               f"{knn[-1]:.2f}% vs {knn0:.2f}%" if knn and knn0 is not None else "-", required=False),
         Check("metrics written by the FileReporter", len(lines) == epochs, f"{len(lines)} lines in metrics.jsonl"),
-        Check("cuda_peak_mb logged", final.get("cuda_peak_mb", 0.0) > 0, f"{final.get('cuda_peak_mb', 0.0):.1f} MiB"),
-        Check("gpu_hours = loop wall time x 1 GPU", final["gpu_hours"] > 0 and math.isclose(final["gpu_hours"], expected_gpu_hours),
-              f"{final['gpu_hours']:.6f} h for {final['loop_wall_s']:.1f} s"),
+        Check("cuda_peak_mb logged", final.get(contract.CUDA_PEAK_MB, 0.0) > 0, f"{final.get(contract.CUDA_PEAK_MB, 0.0):.1f} MiB"),
+        Check("gpu_hours = loop wall time x 1 GPU",
+              final[contract.GPU_HOURS] > 0 and math.isclose(final[contract.GPU_HOURS], expected_gpu_hours),
+              f"{final[contract.GPU_HOURS]:.6f} h for {final[contract.LOOP_WALL_S]:.1f} s"),
         Check("no collapse detected", not collapsed, reason or "-", required=False),
     ]
     figures = {"final": final, "history": h, "wall_s": wall, "collapsed": collapsed, "collapse_reason": reason,
