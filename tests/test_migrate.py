@@ -19,6 +19,7 @@ from dinolab.config import ID_SCHEME, config_to_dict, load_experiment
 from dinolab.home import default_tracking_uri, dinolab_home
 from dinolab.migrate import MigrateRefused, migrate
 from dinolab.sweep import store
+from dinolab.track import contract
 from dinolab.sweep.locks import FileLock, claim_path
 from dinolab.sweep.trainable import TrialTask, execute_task
 from dinolab.trial import trial_identity
@@ -77,7 +78,7 @@ def test_migrate_merges_renames_and_a_relaunch_resumes(v1_store, capsys):
     assert main(["migrate"]) == 0
     after = _runs_by_row(client)
     assert {row: r.trial_id for row, r in after.items()} == new
-    assert after["anull"].tags.get(store.SUPERSEDED_TAG) is None  # the newer finished run stays current
+    assert after["anull"].tags.get(contract.SUPERSEDED) is None  # the newer finished run stays current
     assert after["a16"].superseded and after["a16"].status == "FINISHED"
     assert after["a16"].tags["dinolab.previous_trial_ids"] == V1["a16"]
     assert all(r.tags["dinolab.id_scheme"] == str(ID_SCHEME) for r in after.values())
