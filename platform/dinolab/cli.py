@@ -210,24 +210,44 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--assemble", action="store_true", help="measure nothing: rebuild the markdown from the result files")
     b.set_defaults(func=cmd_bench)
 
-    try:
-        from dinolab.sweep.cli import add_sweep_commands
-    except ImportError:
-        pass
-    else:
-        add_sweep_commands(sub)
-    try:
-        from dinolab.report.cli import add_report_commands
-    except ImportError:
-        pass
-    else:
-        add_report_commands(sub)
+    _add_package_commands(sub)
     return p
+
+
+# Subcommands their own packages define: (module, its function that adds them, the commands it adds).
+PACKAGE_COMMANDS = (
+    ("dinolab.sweep.cli", "add_sweep_commands", ("sweep", "status")),
+    ("dinolab.report.cli", "add_report_commands", ("report", "dashboard")),
+)
+
+
+def _add_package_commands(sub) -> None:
+    """Each package's subcommands. When a module fails to import, its commands stay listed and, when run, say
+    why in one line (exit 1) instead of vanishing from the command line."""
+    import importlib
+
+    for module, adder, names in PACKAGE_COMMANDS:
+        try:
+            add = getattr(importlib.import_module(module), adder)
+        except ImportError as e:
+            reason = f"cannot import {module} ({type(e).__name__}: {e})"
+            for name in names:
+                broken = sub.add_parser(name, add_help=False, help=f"unavailable: {reason}")
+                broken.set_defaults(func=lambda args, name=name, reason=reason: _unavailable(name, reason), unavailable=True)
+        else:
+            add(sub)
+
+
+def _unavailable(name: str, reason: str) -> int:
+    print(f"dinolab: error: the {name} command is unavailable: {reason}", file=sys.stderr)
+    return 1
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # an unavailable command takes any arguments, to say it is unavailable
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import io
 import tarfile
 import time
+from pathlib import Path
+from typing import Optional
 
 import torch
 from PIL import Image
@@ -31,10 +33,10 @@ from dinolab.data.fast_multicrop import BatchedPhotometric, FastMultiCropGeometr
 from dinolab.data.multicrop import MultiCropAugmentation
 from dinolab.data.synthetic import SyntheticShapes
 
-from .context import BenchContext, repo_root
+from .context import BenchContext
 from .record import Record, summary
 
-CIFAR_TAR = repo_root().parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+CIFAR_TAR = ("datasets", "cifar10-jpeg.tar.gz")  # in the project's shared folder, when there is one
 RECIPES = {
     # name: (global, local, n_local, image side)
     "paper 2x224+10x96": (224, 96, 10, 256),
@@ -45,16 +47,16 @@ PAPER = "paper 2x224+10x96"
 TARGET = 3.0  # at least 3x the reference's images/s
 
 
-def source_images(n: int) -> tuple[list[Image.Image], str]:
-    """n RGB images: CIFAR-10 JPEGs from the shared archive if present, else synthetic shapes."""
-    if CIFAR_TAR.is_file():
+def source_images(n: int, archive: Optional[Path] = None) -> tuple[list[Image.Image], str]:
+    """n RGB images: CIFAR-10 JPEGs from ``archive`` (the shared .tar.gz) if given, else synthetic shapes."""
+    if archive is not None:
         images = []
-        with tarfile.open(CIFAR_TAR, "r:gz") as tar:
+        with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 if member.isfile() and member.name.endswith(".jpg") and "/train/" in member.name:
                     images.append(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
                     if len(images) == n:
-                        return images, f"CIFAR-10 JPEGs ({CIFAR_TAR.name})"
+                        return images, f"CIFAR-10 JPEGs ({archive.name})"
     ds = SyntheticShapes(n, 64, 10, seed=0, split="train")
     return [ds[i][0] for i in range(n)], "synthetic shapes (64 px)"
 
@@ -148,7 +150,7 @@ def augment_figure(ctx: BenchContext) -> Record:
     torch.manual_seed(0)
     n_images, batch = (32, 16) if ctx.quick else (128, 64)
     repeats = ctx.reps(9, 1)  # 9: per-repeat ratios on this shared host spread by +-20%; the median needs many
-    images, source = source_images(n_images)
+    images, source = source_images(n_images, ctx.shared_file(*CIFAR_TAR))
     m = measure_recipe(PAPER, images, batch, repeats, ctx.device)
     g, l, n, side = RECIPES[PAPER]
     fast, ref, ratio = summary(m["fast_ips"]), summary(m["reference_ips"]), summary(m["speedup"])

@@ -26,7 +26,7 @@ import yaml
 
 from dinolab.track.contract import TRAIN_SECONDS
 
-from .context import BenchContext, repo_root
+from .context import BenchContext
 from .record import Record, summary
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,11 @@ def _environment(home: Path):
                 os.environ[k] = v
 
 
-def write_grid(folder: Path, n_trials: int, epochs: int, steps_per_epoch: int) -> Path:
-    """The benchmark's grid file: one row over the demo experiment, seeds 0..n-1, one CPU thread per trial."""
+def write_grid(folder: Path, base: Path, n_trials: int, epochs: int, steps_per_epoch: int) -> Path:
+    """The benchmark's grid file: one row over the demo experiment ``base``, seeds 0..n-1, one CPU thread per trial."""
     grid = {
         "grid": "bench_sweep",
-        "base": str(repo_root() / "experiments" / "demo.yaml"),
+        "base": str(base),
         "seeds": list(range(n_trials)),
         "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
         "set": {
@@ -90,7 +90,7 @@ def _run_alone(trial, uri: str, storage: Path) -> float:
     return seconds
 
 
-def calibrate(folder: Path, trial_s: float) -> dict:
+def calibrate(folder: Path, base: Path, trial_s: float) -> dict:
     """Epochs and steps per epoch for a trial of about ``trial_s`` seconds, from a short probe trial."""
     from dinolab.sweep import load_sweep_grid
     from dinolab.trial import run_trial
@@ -98,7 +98,7 @@ def calibrate(folder: Path, trial_s: float) -> dict:
     probe_steps = 4
     uri = _store(folder / "calibration" / "mlflow.db")
     for steps in (1, probe_steps):  # the first trial in a process pays its imports and first-call costs: untimed
-        path = write_grid(folder / "calibration", 1, 1, steps)
+        path = write_grid(folder / "calibration", base, 1, 1, steps)
         trial = load_sweep_grid(path, [("tracking.uri", uri)]).trials[0]
         start = time.perf_counter()
         outcome = run_trial(trial.config, tracking_uri=uri, storage=folder / "calibration", fresh=True)
@@ -120,11 +120,11 @@ def sweep_figure(ctx: BenchContext) -> Record:
     from dinolab.sweep import launch, load_sweep_grid, plan_grid
 
     n_trials, trial_s = (2, 10.0) if ctx.quick else (8, 60.0)
-    root = ctx.workdir / "sweep"
+    root, base = ctx.workdir / "sweep", ctx.demo_experiment()
     with _environment(root / "home"):
-        cal = calibrate(root, trial_s)
+        cal = calibrate(root, base, trial_s)
         ctx.reset_threads()
-        grid_path = write_grid(root, n_trials, cal["epochs"], cal["steps_per_epoch"])
+        grid_path = write_grid(root, base, n_trials, cal["epochs"], cal["steps_per_epoch"])
 
         base_uri = _store(root / "baseline" / "mlflow.db")
         baseline = load_sweep_grid(grid_path, [("tracking.uri", base_uri)])

@@ -22,7 +22,7 @@ import time
 from dinolab.config import load_experiment
 from dinolab.track import contract
 
-from .context import BenchContext, repo_root
+from .context import BenchContext
 from .record import PeakMemory, Record, summary
 from .step import TrainingStep
 
@@ -52,8 +52,7 @@ def tracking_figure(ctx: BenchContext) -> Record:
     from dinolab.trial import trial_tags
 
     ctx.reset_threads()
-    demo = repo_root() / "experiments" / "demo.yaml"
-    cfg = load_experiment(demo, ["train.progress=false", f"train.device={ctx.device}"])
+    cfg = load_experiment(ctx.demo_experiment(), ["train.progress=false", f"train.device={ctx.device}"])
     steps_per_epoch = 3 if ctx.quick else cfg.data.synthetic_train // cfg.train.batch_size
     repeats = ctx.reps(5, 2)
 

@@ -3,9 +3,8 @@
 Where the file is read from, first found wins:
 1. ``path`` when given;
 2. ``$DINOLAB_PAPER_TABLES``;
-3. the project's shared copy, ``<repo>/../shared/reference/paper_tables.yaml``;
-4. the verbatim copy shipped in this package (``dinolab/config/paper_tables.yaml``), so the package works
-   without ``../shared``.
+3. the copy shipped in this package (``dinolab/config/paper_tables.yaml``, package data), a verbatim copy of the
+   project's ``shared/reference/paper_tables.yaml`` (tests/test_config_grid.py checks they are equal).
 
 Each table has an ``id``, a ``title``, a ``source``, optional ``notes``, ``columns`` and ``rows`` (lists aligned
 with ``columns``; ``null`` = not found in a source). Rows are numbered from 1 in the file's order, which is
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,9 +25,8 @@ from .loader import ConfigError
 
 ENV_VAR = "DINOLAB_PAPER_TABLES"
 FILE_NAME = "paper_tables.yaml"
-PACKAGED = Path(__file__).with_name(FILE_NAME)
-# platform/dinolab/config/paper_tables.py -> parents[3] is the repository root; shared/ sits beside it.
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "reference" / FILE_NAME
+# The package's own copy; a wheel installs unpacked, so the resource is a file on disk.
+PACKAGED = Path(str(resources.files(__package__).joinpath(FILE_NAME)))
 
 
 @dataclass(frozen=True)
@@ -57,11 +56,7 @@ class PaperTable:
 def default_path() -> Path:
     """The file ``load_paper_tables()`` reads when no path is given (see the module docstring)."""
     env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    if SHARED.is_file():
-        return SHARED
-    return PACKAGED
+    return Path(env).expanduser() if env else PACKAGED
 
 
 _CACHE: dict[tuple[str, int], dict[str, PaperTable]] = {}

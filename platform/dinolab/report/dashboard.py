@@ -2,8 +2,8 @@
 training curves of each row, the collapse diagnostics (teacher entropy and KL per epoch, Figure 7),
 and the attention maps the trials logged (image keys ``attention/...``).
 
-The plots are inline SVG written here; the page loads nothing from anywhere (template:
-``dashboards/template.html``). Every plotted element carries ``data-row`` (its table row) and
+The plots are inline SVG written here; the page loads nothing from anywhere (template: package data,
+``dinolab/report/templates/dashboard.html``). Every plotted element carries ``data-row`` (its table row) and
 ``data-kind`` (``point`` / ``curve`` / ``seed-curve``) and each plot ``data-plot``, so a browser test
 can count them. Unlike the tables, the page reads metric histories (per-epoch curves).
 """
@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -31,9 +32,8 @@ from .table import Table
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-TEMPLATE = REPO / "dashboards" / "template.html"
-DEFAULT_DIR = REPO / "dashboards"
+TEMPLATE = resources.files(__package__) / "templates" / "dashboard.html"  # package data
+DEFAULT_DIR = Path("dashboards")  # the default output folder, under the working directory (as reports/ is)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
            "#7f7f7f", "#393b79", "#ad494a")
 CURVES = ((contract.KNN_TOP1, "k-NN top-1 (%)"), (contract.LOSS, "training loss"))
