@@ -1,6 +1,6 @@
 """Shared test set-up: one thread per test process, deterministic seeds, isolated dinolab home."""
 
-import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,36 +25,44 @@ def _isolated_home(tmp_path, monkeypatch):
     yield
 
 
-# A trial small enough for unit tests: a 1-block ViT/4 on 32 px synthetic images, out_dim 32.
-TINY = [
-    "train.epochs=2",
-    "train.steps_per_epoch=2",
-    "train.batch_size=16",
-    "train.warmup_epochs=1",
-    "train.progress=false",
-    "train.threads=1",
-    "data.synthetic_train=64",
-    "data.synthetic_test=32",
-    "dino.out_dim=32",
-    "dino.hidden_dim=32",
-    "dino.bottleneck_dim=16",
-    "model.embed_dim=32",
-    "model.depths=[1]",
-    "model.num_heads=2",
-    "crops.local_number=2",
-    "eval.linear_epochs=2",
-]
+# The tests' own tiny experiment (a 1-block ViT/4 on 32 px synthetic images, out_dim 32); no test but the demo's
+# learning test builds on experiments/demo.yaml, so tuning the demo changes no other test.
+TINY_EXPERIMENT = Path(__file__).parent / "fixtures" / "tiny.yaml"
 
 
-@pytest.fixture
-def tiny_overrides():
-    return list(TINY)
+@pytest.fixture(scope="session")
+def tiny_experiment() -> Path:
+    return TINY_EXPERIMENT
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory: ``tiny_config("train.epochs=3", ...)`` -> the tiny experiment's config with these --set overrides."""
+    from dinolab.config import load_experiment
+
+    return lambda *overrides: load_experiment(TINY_EXPERIMENT, list(overrides))
+
+
+@pytest.fixture(scope="session")
+def write_grid():
+    """Factory: ``write_grid(folder, name, rows, seeds=(0,), set=None, **top)`` writes ``folder/<name>.yaml``, a grid
+    over the tiny experiment, and returns its path. rows: ``{row name: its --set delta}`` or a list of row mappings;
+    set: the grid-level delta; other keyword arguments are top-level grid keys (resources, columns, ...)."""
+    import yaml
+
+    def write(folder, name: str, rows, seeds=(0,), set=None, **top) -> Path:
+        if isinstance(rows, dict):
+            rows = [{"name": row, "set": delta} for row, delta in rows.items()]
+        doc = {"grid": name, "base": str(TINY_EXPERIMENT), "seeds": list(seeds), "set": dict(set or {}), "rows": rows, **top}
+        path = Path(folder) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write
 
 
 @pytest.fixture
 def repo_root():
-    from pathlib import Path
-
     return Path(__file__).resolve().parents[1]
 
 

@@ -1,25 +1,15 @@
 """A metric added after a trial ran is recomputed from the run's saved final weights, without
 retraining, and logged into that run: here it must reproduce what the trial itself measured."""
 
-import yaml
-
 from dinolab.backfill import backfill_grid
 from dinolab.config.grid import load_grid
 from dinolab.track.mlflow_store import client_for
 from dinolab.trial import run_trial
 
 
-def test_backfill_attention_reproduces_the_trials_own_numbers(repo_root, tiny_overrides, store, tmp_path, monkeypatch):
+def test_backfill_attention_reproduces_the_trials_own_numbers(write_grid, store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    grid_file = tmp_path / "g.yaml"
-    sets = dict(o.split("=", 1) for o in tiny_overrides)
-    grid_file.write_text(yaml.safe_dump({
-        "grid": "backfill_test",
-        "base": str(repo_root / "experiments/demo.yaml"),
-        "seeds": [0],
-        "set": {k: yaml.safe_load(v) for k, v in sets.items()},
-        "rows": [{"name": "DINO", "default": True, "set": {"dino.centering": "ema"}}],
-    }))
+    grid_file = write_grid(tmp_path, "backfill_test", [{"name": "DINO", "default": True, "set": {"dino.centering": "ema"}}])
     grid = load_grid(grid_file)
     (trial,) = grid.trials
     outcome = run_trial(trial.config, storage=tmp_path / "storage", grids=[grid.name])

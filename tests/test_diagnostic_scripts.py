@@ -63,10 +63,8 @@ def test_simclr_loss_matches_explicit_loops(repo_root):
     assert control.simclr_loss(a, b, t).item() == pytest.approx(total / 10, rel=1e-5)
 
 
-def test_measure_at_init_on_a_tiny_run(view_agreement, repo_root, tiny_overrides):
-    from dinolab.config import load_experiment
-
-    cfg = load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides + ["eval.linear=false"])
+def test_measure_at_init_on_a_tiny_run(view_agreement, tiny_config):
+    cfg = tiny_config("eval.linear=false")
     m = view_agreement.measure_at_init(cfg, ["jitter"], batches=2)
     assert set(m) == {"pooled", "logits", "pooled_shuffled", "knn_top1_random_init"}
     assert all(-1.0 <= m[k] <= 1.0 for k in ("pooled", "logits", "pooled_shuffled"))
@@ -75,21 +73,20 @@ def test_measure_at_init_on_a_tiny_run(view_agreement, repo_root, tiny_overrides
 
 @pytest.mark.parametrize("override, named", [("dino.no_such_key=1", "dino.no_such_key"),
                                              ("data.augment=reference", "data.augment")])
-def test_bad_input_is_one_line_and_exit_2(repo_root, override, named):
-    proc = subprocess.run([sys.executable, str(repo_root / "scripts/view_agreement.py"), str(repo_root / "experiments/demo.yaml"),
+def test_bad_input_is_one_line_and_exit_2(repo_root, tiny_experiment, override, named):
+    proc = subprocess.run([sys.executable, str(repo_root / "scripts/view_agreement.py"), str(tiny_experiment),
                            "--set", override], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and named in lines[0]
 
 
-def test_trace_prints_every_step_and_undoes_its_patches(view_agreement, repo_root, tiny_overrides, capsys):
+def test_trace_prints_every_step_and_undoes_its_patches(view_agreement, tiny_config, capsys):
     import dinolab.data.fast_multicrop as fast
     import dinolab.train.step as step_module
-    from dinolab.config import load_experiment
 
     objective, factory = step_module.objective, fast.fast_multicrop
-    cfg = load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides + ["eval.linear=false"])
+    cfg = tiny_config("eval.linear=false")
     view_agreement.trace(cfg, ["jitter"])
     assert step_module.objective is objective and fast.fast_multicrop is factory
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]

@@ -172,11 +172,10 @@ def test_bn_head_equals_hand_computation(nlayers):
     torch.testing.assert_close(head(x + 3.0), head(x))
 
 
-def test_bn_head_in_a_trial_config(repo_root, tiny_overrides):
-    from dinolab.config.loader import load_experiment
+def test_bn_head_in_a_trial_config(tiny_config):
     from dinolab.train.loop import build_networks
 
-    cfg = load_experiment(repo_root / "experiments" / "demo.yaml", tiny_overrides + ["dino.use_bn_in_head=true"])
+    cfg = tiny_config("dino.use_bn_in_head=true")
     student, teacher = build_networks(cfg)
     for net in (student, teacher):
         assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in net.head.modules()) == cfg.dino.head_layers - 1

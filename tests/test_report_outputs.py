@@ -24,7 +24,6 @@ from dinolab.report.runs import load_histories, load_runs
 from dinolab.report.synthetic import log_trial_run, new_sqlite_store
 from dinolab.report.table import build_table
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = 1_800_000_000.0
 GRID = """
 # test grid: centering and momentum on the embedded data
@@ -52,13 +51,13 @@ def _history(row: str, knn: float, seed: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, tiny_experiment):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        return _make(tmp_path_factory.mktemp("report_outputs"))
+        return _make(tmp_path_factory.mktemp("report_outputs"), tiny_experiment)
 
 
-def _make(tmp: Path) -> dict:
+def _make(tmp: Path, base: Path) -> dict:
     from mlflow.tracking import MlflowClient
 
     uri = new_sqlite_store(tmp / "mlflow.db")
@@ -67,7 +66,7 @@ def _make(tmp: Path) -> dict:
     ablations = tmp / "ablations"
     ablations.mkdir()
     path = ablations / "out_test.yaml"
-    path.write_text(GRID.format(base=REPO / "experiments" / "demo.yaml"))
+    path.write_text(GRID.format(base=base))
     grid = load_grid(path)  # the real data fingerprint: the CLI computes the same trial ids
     parent = client.create_run(exp, run_name="grid out_test", tags={"dinolab.grid_parent": "out_test"}).info.run_id
     image_run = None

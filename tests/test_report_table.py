@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,7 +21,6 @@ from dinolab.report.table import (
     Stat, agreement, build_table, metric_value, report_table, setup_mismatches, tables_for_grids,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = 1_800_000_000.0
 FP = "fingerprint-test"
 
@@ -88,20 +86,19 @@ def _final(knn: float, seed: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, tiny_experiment):
     """Two grids and their runs in one temporary SQLite store."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        return _make_store(tmp_path_factory.mktemp("report_store"))
+        return _make_store(tmp_path_factory.mktemp("report_store"), tiny_experiment)
 
 
-def _make_store(tmp):
+def _make_store(tmp, base):
     uri = new_sqlite_store(tmp / "mlflow.db")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("report-test", artifact_location=(tmp / "artifacts").as_uri())
-    base = REPO / "experiments" / "demo.yaml"
     paths = {}
     for name, text in (("tiny_t7", UNMATCHED), ("tiny_matched", MATCHED)):
         paths[name] = tmp / f"{name}.yaml"
@@ -220,7 +217,7 @@ def test_unmatched_setup_shows_effects_and_agreement(table):
     assert row.compare == "effect"
     assert "data: synthetic (paper: imagenet)" in row.setup_notes
     assert "epochs: 10 (paper: 300)" in row.setup_notes
-    assert any("model.embed_dim=96" in n for n in row.setup_notes)
+    assert any("model.embed_dim=32" in n for n in row.setup_notes)  # the tiny experiment's width
     assert any("gpus" in n for n in table.notes)  # runtime entry: named as not compared
 
     c = table.cell("no momentum", "k-NN")

@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dinolab.cli import main
 from dinolab.home import default_tracking_uri, dinolab_home
 from dinolab.trial import trial_identity
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "train.epochs": 2, "train.steps_per_epoch": 2, "train.batch_size": 16, "data.synthetic_train": 64,
-    "data.synthetic_test": 32, "dino.out_dim": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
-    "model.embed_dim": 32, "model.depths": [1], "model.num_heads": 2, "crops.local_number": 2,
-    "eval.linear_epochs": 2, "train.progress": False,
-}
-
-
-def write_grid(folder: Path, name: str, seeds, rows: dict[str, dict]) -> Path:
-    import yaml
-
-    doc = {
-        "grid": name, "base": str(REPO / "experiments" / "demo.yaml"), "seeds": list(seeds), "set": TINY,
-        "rows": [{"name": row, "set": delta} for row, delta in rows.items()],
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
 
 @pytest.fixture()
-def grid_file(tmp_path):
-    return write_grid(tmp_path, "tiny", [0, 1], {"ema": {"dino.momentum": 0.99}, "fast ema": {"dino.momentum": 0.9}})
+def grid_file(tmp_path, write_grid):
+    return write_grid(tmp_path, "tiny", {"ema": {"dino.momentum": 0.99}, "fast ema": {"dino.momentum": 0.9}}, seeds=[0, 1])
 
 
 def _ids(path) -> dict[tuple[str, int], str]:

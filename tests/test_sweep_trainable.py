@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from dinolab.config import config_to_dict
 from dinolab.home import default_tracking_uri
 from dinolab.sweep import store
@@ -14,21 +12,11 @@ from dinolab.track import contract
 from dinolab.sweep.locks import request_cancel
 from dinolab.sweep.trainable import TrialTask, execute_task
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "train.epochs": 2, "train.steps_per_epoch": 1, "train.batch_size": 16, "data.synthetic_train": 64,
-    "data.synthetic_test": 32, "dino.out_dim": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
-    "model.embed_dim": 32, "model.depths": [1], "model.num_heads": 2, "crops.local_number": 2,
-    "eval.linear_epochs": 2, "eval.linear_lrs": [0.1], "train.progress": False,
-}
-
-
-def _task(tmp_path, grid="tiny", **kw) -> TrialTask:
+def _task(tmp_path, write_grid, grid="tiny", **kw) -> TrialTask:
     from dinolab.config.grid import load_grid
 
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"grid": "tiny", "base": str(REPO / "experiments" / "demo.yaml"), "set": TINY,
-                                    "rows": [{"name": "a", "set": {"dino.momentum": 0.99}}]}))
+    path = write_grid(tmp_path, "tiny", {"a": {"dino.momentum": 0.99}},
+                      set={"train.steps_per_epoch": 1, "eval.linear_lrs": [0.1]})
     (trial,) = load_grid(path).trials
     cfg = trial.config.model_copy(deep=True)
     cfg.tracking.uri = default_tracking_uri()
@@ -40,8 +28,8 @@ def _runs(client, tid):
     return store.trial_runs(client, [tid])[tid]
 
 
-def test_rerun_supersedes_a_run_found_by_tag_then_reuse(tmp_path):
-    task = _task(tmp_path)
+def test_rerun_supersedes_a_run_found_by_tag_then_reuse(tmp_path, write_grid):
+    task = _task(tmp_path, write_grid)
     client = store.open_client(task.tracking_uri)
     exp = store.init_store(client, "dinolab")
     # a finished run of this trial recorded elsewhere: no trial.json under this storage names it
@@ -59,15 +47,15 @@ def test_rerun_supersedes_a_run_found_by_tag_then_reuse(tmp_path):
     # the same stale plan again (another launch already did the rerun): nothing runs twice
     assert execute_task(task) == {"outcome": "reused", "trial_id": task.trial_id, "run_id": summary["run_id"]}
     # another grid using the finished trial: reused and tagged, no new run
-    other = _task(tmp_path, grid="other")
+    other = _task(tmp_path, write_grid, grid="other")
     assert execute_task(other)["outcome"] == "reused"
     tags = client.get_run(summary["run_id"]).data.tags
     assert tags["dinolab.grid.other"] == "1" and tags[contract.GRIDS] == "other,tiny"
     assert len(_runs(client, task.trial_id)) == 2
 
 
-def test_a_cancelled_grid_starts_nothing(tmp_path):
-    task = _task(tmp_path)
+def test_a_cancelled_grid_starts_nothing(tmp_path, write_grid):
+    task = _task(tmp_path, write_grid)
     request_cancel(task.storage, task.grid)
     assert execute_task(task) == {"outcome": "cancelled", "trial_id": task.trial_id}
     assert not (Path(task.storage) / "trials" / task.trial_id).exists()

@@ -30,15 +30,13 @@ def test_redact_uri_hides_only_the_password(uri, shown):
         assert "hunter2" not in redact_uri(uri)
 
 
-def test_run_tags_and_config_never_carry_the_tracking_password(tmp_path, tiny_overrides, store, repo_root):
+def test_run_tags_and_config_never_carry_the_tracking_password(tmp_path, tiny_config, store):
     """tracking.uri with a password: tags, config.yaml (artifact and trial folder) and trial.json show it redacted."""
     from mlflow.tracking import MlflowClient
 
-    from dinolab.config import load_experiment
     from dinolab.trial import run_trial
 
-    cfg = load_experiment(repo_root / "experiments" / "demo.yaml", [
-        *tiny_overrides, "train.epochs=1", "eval.linear_epochs=1", "tracking.uri=postgresql://lab:hunter2@db.invalid/mlflow"])
+    cfg = tiny_config("train.epochs=1", "eval.linear_epochs=1", "tracking.uri=postgresql://lab:hunter2@db.invalid/mlflow")
     outcome = run_trial(cfg, tracking_uri=store, storage=tmp_path / "storage")  # the client logs into ``store``
     client = MlflowClient(store)
     run = client.get_run(outcome.run_id)

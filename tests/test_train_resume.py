@@ -3,26 +3,21 @@ to an uninterrupted run at the same thread count, and the resumed part logs only
 trial interrupted before safe loading, once its checkpoints are converted by ``dinolab checkpoints upgrade``."""
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY
 from dinolab.cli import main
-from dinolab.config import load_experiment
 from dinolab.track.reporter import MemoryReporter
 from dinolab.train import checkpoint as ckpt
 from dinolab.train.loop import InjectedFault, train
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def cfg():
+def cfg(tiny_config):
     # ema teacher, multi-crop, drop path on: every source of randomness is exercised.
-    return load_experiment(REPO / "experiments/demo.yaml", TINY + ["train.epochs=3", "eval.linear=false"])
+    return tiny_config("train.epochs=3", "eval.linear=false")
 
 
 @pytest.fixture(scope="module")

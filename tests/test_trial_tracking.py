@@ -6,14 +6,14 @@ import sys
 import pytest
 import yaml
 
-from dinolab.config import ID_SCHEME, flatten, identity_dict, load_experiment, resolved_params
+from dinolab.config import ID_SCHEME, flatten, identity_dict, resolved_params
 from dinolab.trial import run_trial, summaries
 from dinolab.track import contract
 from dinolab.track.mlflow_store import client_for
 
 
-def test_trial_logs_params_tags_metrics_and_artifacts(repo_root, tiny_overrides, store, tmp_path):
-    cfg = load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides + [f"tracking.uri={store}", "eval.knn_every=1"])
+def test_trial_logs_params_tags_metrics_and_artifacts(tiny_config, store, tmp_path):
+    cfg = tiny_config(f"tracking.uri={store}", "eval.knn_every=1")
     outcome = run_trial(cfg, storage=tmp_path / "storage")
     assert outcome.status == "FINISHED", outcome.reason
     client = client_for(store)
@@ -79,44 +79,42 @@ BAD_INPUTS = [
     (["--set", "eval.image_size=30"], "eval.image_size"),                  # patch 4 does not divide the eval size
     (["--set", "data.name=imagefolder", "--set", "data.root=/nonexistent/x"], "data.root"),  # missing path
     (["--set", "train.epochs"], "dotted.key=value"),                        # malformed --set
-    # a knob the family does not use (demo.yaml's ViT patch size on a ResNet), and what the family takes
+    # a knob the family does not use (the tiny experiment's ViT patch size on a ResNet), and what the family takes
     (["--set", "model.arch=resnet18"], "model.patch_size=4 does not apply to model.arch=resnet18"),
     (["--set", "model.arch=resnet18"], "takes model.embed_dim, model.depths, model.small_stem"),
     (["--set", "model.window_size=7"], "model.window_size=7 does not apply to model.arch=vit_tiny"),
-    (["--set", "model.num_heads=0"], "model.num_heads=0 must be >= 1 and divide model.embed_dim=96"),
-    (["--set", "model.num_heads=5"], "model.num_heads=5 must be >= 1 and divide model.embed_dim=96"),
+    (["--set", "model.num_heads=0"], "model.num_heads=0 must be >= 1 and divide model.embed_dim=32"),
+    (["--set", "model.num_heads=5"], "model.num_heads=5 must be >= 1 and divide model.embed_dim=32"),
 ]
 
 
 @pytest.mark.parametrize("args,needle", BAD_INPUTS)
-def test_bad_input_one_line_exit_2_nothing_written(repo_root, tmp_path, monkeypatch, capsys, args, needle):
+def test_bad_input_one_line_exit_2_nothing_written(tiny_experiment, tmp_path, monkeypatch, capsys, args, needle):
     from dinolab.cli import main
 
     home = tmp_path / "home"
     monkeypatch.setenv("DINOLAB_HOME", str(home))
-    monkeypatch.chdir(repo_root)
-    assert main(["run", "experiments/demo.yaml", *args]) == 2
+    assert main(["run", str(tiny_experiment), *args]) == 2
     lines = [l for l in capsys.readouterr().err.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("dinolab: error:"), lines
     assert needle in lines[0]
     assert not home.exists()  # nothing written: no store, no trial folder
 
 
-def test_yaml_python_tag_is_refused_and_not_executed(repo_root, tmp_path):
+def test_yaml_python_tag_is_refused_and_not_executed(repo_root, tiny_experiment, tmp_path):
     marker = tmp_path / "executed"
     bad = tmp_path / "evil.yaml"
-    bad.write_text(f"base: {repo_root / 'experiments/demo.yaml'}\ntrain: !!python/object/apply:os.system ['touch {marker}']\n")
+    bad.write_text(f"base: {tiny_experiment}\ntrain: !!python/object/apply:os.system ['touch {marker}']\n")
     r = _cli(repo_root, "run", str(bad), env_home=tmp_path / "home")
     assert r.returncode == 2 and "not allowed" in r.stderr
     assert not marker.exists()
 
 
-def test_empty_imagefolder_root_is_refused(repo_root, tmp_path, monkeypatch, capsys):
+def test_empty_imagefolder_root_is_refused(tiny_experiment, tmp_path, capsys):
     from dinolab.cli import main
 
     empty = tmp_path / "empty"
     (empty / "train").mkdir(parents=True)
-    monkeypatch.chdir(repo_root)
-    assert main(["run", "experiments/demo.yaml", "--set", "data.name=imagefolder", "--set", f"data.root={empty}"]) == 2
+    assert main(["run", str(tiny_experiment), "--set", "data.name=imagefolder", "--set", f"data.root={empty}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.root" in err[0]
