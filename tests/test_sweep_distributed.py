@@ -10,32 +10,24 @@ replaces the center's all-reduce with the identity and must not match. The Ray w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dinolab.config import build_config, load_experiment
+from dinolab.config import build_config
 from process_helpers import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 TOTAL_BATCH, STEPS, N_LOCAL = 8, 3, 2
 pytestmark = pytest.mark.slow  # spawns two torch processes (tens of seconds on a busy 2-core machine)
-TINY = [
-    "train.batch_size=8", "dino.out_dim=32", "dino.hidden_dim=32", "dino.bottleneck_dim=16", "model.embed_dim=32",
-    "model.depths=[1]", "model.num_heads=2", "crops.local_number=2", "model.drop_path_rate=0.0", "train.threads=1",
-    "data.synthetic_train=64", "data.synthetic_test=32",
-    # No BatchNorm in the head: on CPU each gloo worker normalises over its own half batch (SyncBatchNorm is
-    # CUDA-only), so two workers cannot match one worker on the total batch; the demo turns it on.
-    "dino.use_bn_in_head=false",
-]
+# The tiny experiment on a batch of 8 without drop path. No BatchNorm in the head: on CPU each gloo worker
+# normalises over its own half batch (SyncBatchNorm is CUDA-only), so two workers cannot match one worker.
+OVERRIDES = ("train.batch_size=8", "model.drop_path_rate=0.0", "dino.use_bn_in_head=false")
 
 
-def _cfg_dict() -> dict:
+def _cfg_dict(tiny_config) -> dict:
     from dinolab.config import config_to_dict
 
-    return config_to_dict(load_experiment(REPO / "experiments" / "demo.yaml", TINY))
+    return config_to_dict(tiny_config(*OVERRIDES))
 
 
 def _crops(steps: int) -> list[list[torch.Tensor]]:
@@ -101,8 +93,8 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, crops, out: str) -
         dist.destroy_process_group()
 
 
-def test_two_gloo_workers_match_one_worker_on_the_total_batch(tmp_path):
-    cfg_dict, crops = _cfg_dict(), _crops(STEPS)
+def test_two_gloo_workers_match_one_worker_on_the_total_batch(tmp_path, tiny_config):
+    cfg_dict, crops = _cfg_dict(tiny_config), _crops(STEPS)
     ref_losses, ref_center = _run(0, 1, cfg_dict, crops, skip_center_reduce=False)
     out = str(tmp_path / "rank")
     mp.spawn(_worker, args=(2, free_port(), cfg_dict, crops, out), nprocs=2, join=True)
