@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dinolab.cli import main
 from dinolab.home import default_tracking_uri
@@ -27,12 +26,9 @@ from process_helpers import wait_for
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "train.epochs": 2, "train.steps_per_epoch": 1, "train.batch_size": 16, "data.synthetic_train": 64,
-    "data.synthetic_test": 32, "dino.out_dim": 32, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
-    "model.embed_dim": 32, "model.depths": [1], "model.num_heads": 2, "crops.local_number": 2,
-    "eval.linear_epochs": 2, "eval.linear_lrs": [0.1], "train.progress": False,
-}
+# Over the tests' tiny experiment: one step per epoch (a fault at global step 1 falls in epoch 1, after epoch 0's
+# checkpoint) and one probe lr.
+FAST = {"train.steps_per_epoch": 1, "eval.linear_lrs": [0.1]}
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +41,13 @@ def ray_address():
     ray.shutdown()
 
 
-def write_grid(folder: Path, name: str, rows: dict[str, dict], seeds=(0,), **extra) -> Path:
-    doc = {"grid": name, "base": str(REPO / "experiments" / "demo.yaml"), "seeds": list(seeds), "set": {**TINY, **extra.pop("set", {})},
-           "rows": [{"name": row, "set": delta} for row, delta in rows.items()], **extra}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+@pytest.fixture
+def write_grid(write_grid):
+    """conftest's write_grid with FAST under every grid's own ``set``."""
+    def write(folder, name, rows, seeds=(0,), set=None, **top):
+        return write_grid(folder, name, rows, seeds, {**FAST, **(set or {})}, **top)
+
+    return write
 
 
 def runs(experiment: str = "dinolab"):
@@ -105,7 +102,7 @@ def trial_ids(grid: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, tmp_path):
+def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
     rows = {"ema": {"dino.momentum": 0.99}, "faulty": {"dino.momentum": 0.9, "train.fail_at_step": 1}}
     grid = write_grid(tmp_path, "tiny", rows)
@@ -155,7 +152,7 @@ def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, tmp_pa
     assert sum(len(v) for v in trials.values()) == 4 and "other" not in parents  # nothing new created
 
 
-def test_driver_killed_mid_sweep_is_finished_by_the_same_command(ray_address, tmp_path):
+def test_driver_killed_mid_sweep_is_finished_by_the_same_command(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "killed", {"a": {"dino.momentum": 0.99}, "b": {"dino.momentum": 0.9}}, set={"train.epochs": 4})
     log = tmp_path / "driver.log"
@@ -182,7 +179,7 @@ def test_driver_killed_mid_sweep_is_finished_by_the_same_command(ray_address, tm
         assert steps(client, trials[tid][0])[-1] == 3
 
 
-def test_two_launches_at_once_run_each_trial_once(ray_address, tmp_path):
+def test_two_launches_at_once_run_each_trial_once(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "twice", {"a": {"dino.momentum": 0.99}}, seeds=(0, 1))
     drivers = [spawn_sweep(grid, storage, ray_address, tmp_path / f"driver{i}.log") for i in range(2)]
@@ -195,7 +192,7 @@ def test_two_launches_at_once_run_each_trial_once(ray_address, tmp_path):
     assert all(len(trials[tid]) == 1 for tid in ids)
 
 
-def test_cancel_stops_the_running_trials_and_keeps_checkpoints(ray_address, tmp_path):
+def test_cancel_stops_the_running_trials_and_keeps_checkpoints(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "stopme", {"a": {"dino.momentum": 0.99}}, set={"train.epochs": 50})
     log = tmp_path / "driver.log"
@@ -216,7 +213,7 @@ def test_cancel_stops_the_running_trials_and_keeps_checkpoints(ray_address, tmp_
     assert parents["stopme"][0].info.status == "KILLED"
 
 
-def test_impossible_resource_request_fails_before_launch(ray_address, tmp_path, capsys):
+def test_impossible_resource_request_fails_before_launch(ray_address, write_grid, tmp_path, capsys):
     grid = write_grid(tmp_path, "huge", {"a": {"dino.momentum": 0.99}})
     start = time.time()
     assert sweep(grid, tmp_path / "storage", "--gpus-per-worker", "2") == 2
@@ -227,7 +224,7 @@ def test_impossible_resource_request_fails_before_launch(ray_address, tmp_path, 
     assert not trials and not parents
 
 
-def test_two_worker_trial_runs_as_a_ray_worker_group(ray_address, tmp_path):
+def test_two_worker_trial_runs_as_a_ray_worker_group(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "ddp", {"a": {"dino.momentum": 0.99}},
                       resources={"workers": 2, "cpus_per_worker": 1, "gpus_per_worker": 0})

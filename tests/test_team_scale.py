@@ -35,12 +35,13 @@ from dinolab.cli import main
 from dinolab.home import redact_uri
 
 from process_helpers import free_port, stop_group, wait_for
-from test_sweep_ray import TINY, assert_each_trial_finished_once, steps, trial_ids, write_grid
+from test_sweep_ray import assert_each_trial_finished_once, steps, trial_ids, write_grid  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
 SECRET = "s3cret-" + uuid.uuid4().hex[:8]
-SMALL = {**TINY, "train.steps_per_epoch": 2, "crops.global_size": 16, "crops.local_size": 8, "data.synthetic_size": 16,
+# Over the tiny experiment and test_sweep_ray.FAST (its write_grid): smaller crops and images.
+SMALL = {"train.steps_per_epoch": 2, "crops.global_size": 16, "crops.local_size": 8, "data.synthetic_size": 16,
          "train.keep_checkpoints": 20}
 EPOCH_METRICS = ("loss", "teacher_entropy", "kl", "lr", "weight_decay", "momentum", "teacher_temp", "images_per_s")
 FINAL_METRICS = ("knn_top1", "linear_top1", "knn_top1_random_init", "throughput_images_per_s", "wall_time_s", "peak_rss_mb",
@@ -273,7 +274,7 @@ def assert_no_secret(client, run, tmp: Path) -> None:
 
 
 def test_four_trials_on_two_nodes_log_everything_through_the_postgres_server(postgres, server, cluster, tmp_path,
-                                                                              monkeypatch, capsys, store):
+                                                                              monkeypatch, capsys, store, write_grid):
     if postgres is None:
         pytest.skip(postgres_missing())
     from mlflow.entities import Metric, Param
@@ -363,7 +364,7 @@ def test_four_trials_on_two_nodes_log_everything_through_the_postgres_server(pos
 
 
 def test_preflight_refuses_sqlite_and_names_the_node_that_sees_another_folder(server, cluster, tmp_path, monkeypatch,
-                                                                                capsys):
+                                                                                capsys, write_grid):
     ensure_worker(cluster)
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "pre", {"a": {"dino.momentum": 0.97}}, set=SMALL)  # a trial of its own
@@ -402,7 +403,8 @@ def test_preflight_refuses_sqlite_and_names_the_node_that_sees_another_folder(se
     wait_for(lambda: odd not in alive(), 60, "the node to leave")
 
 
-def test_worker_node_stopped_mid_trial_is_retried_on_the_head_in_the_same_run(server, cluster, tmp_path, monkeypatch):
+def test_worker_node_stopped_mid_trial_is_retried_on_the_head_in_the_same_run(server, cluster, tmp_path, monkeypatch,
+                                                                                write_grid):
     import ray
     from mlflow.tracking import MlflowClient
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -455,7 +457,7 @@ def test_worker_node_stopped_mid_trial_is_retried_on_the_head_in_the_same_run(se
     assert_no_secret(client, run, tmp_path / "artifacts")
 
 
-def test_wait_for_resources_until_a_node_joins(server, cluster, tmp_path, monkeypatch, capsys):
+def test_wait_for_resources_until_a_node_joins(server, cluster, tmp_path, monkeypatch, capsys, write_grid):
     storage = tmp_path / "storage"
     grid = write_grid(tmp_path, "big", {"a": {"dino.momentum": 0.98}}, set=SMALL)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)

@@ -74,21 +74,23 @@ def _non_loopback_address() -> str | None:
 
 
 @pytest.fixture
-def grid_store(store, tmp_path, repo_root):
+def grid_store(store, tmp_path, write_grid):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=store)
     exp = client.create_experiment("dinolab", artifact_location=(tmp_path / "artifacts").as_uri())
-    grid = load_grid(repo_root / "ablations" / "demo.yaml", fingerprint=lambda d: FP)
-    parent = open_parent_run(client, exp, grid.name, tmp_path / "storage", {"dinolab.grid_file": "ablations/demo.yaml"})
+    path = write_grid(tmp_path, "demo", {"DINO (centering)": {"dino.centering": "ema"}, "no centering": {"dino.centering": "none"}},
+                      seeds=(0, 1, 2))
+    grid = load_grid(path, fingerprint=lambda d: FP)
+    parent = open_parent_run(client, exp, grid.name, tmp_path / "storage", {"dinolab.grid_file": str(path)})
     children = {}
     for t in grid.trials:
         children[log_trial_run(client, exp, t.config, t.trial_id, fingerprint=FP, grids=[grid.name], parent_run_id=parent,
                                history={"loss": [6.0, 5.5]}, final={"knn_top1": 40.0})] = t.trial_id
     client.set_terminated(parent, "FINISHED")
     # A run of another grid in the same experiment: the grid's search must not return it.
-    other = load_grid(repo_root / "ablations" / "dino_fig6_teachers_cifar.yaml", fingerprint=lambda d: FP).trials[0]
-    log_trial_run(client, exp, other.config, other.trial_id, fingerprint=FP, grids=["dino_fig6_teachers_cifar"])
+    other = load_grid(write_grid(tmp_path, "other", {"previous epoch": {"dino.teacher": "prev_epoch"}}), fingerprint=lambda d: FP)
+    log_trial_run(client, exp, other.trials[0].config, other.trials[0].trial_id, fingerprint=FP, grids=[other.name])
     return {"uri": store, "experiment_id": exp, "grid": grid, "parent": parent, "children": children}
 
 
