@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinolab.config import ConfigError, load_experiment
+from dinolab.config import ConfigError
 from dinolab.data.datasets import build_dataset, check_data
 from dinolab.track.reporter import MemoryReporter
 from dinolab.train import checkpoint as ckpt
@@ -54,7 +54,7 @@ def load_unrestricted(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
-def test_crafted_checkpoint_is_refused_and_runs_nothing(repo_root, tiny_overrides, tmp_path, how):
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tiny_config, tmp_path, how):
     marker = tmp_path / "executed"
     planted = tmp_path / "trial/checkpoints/epoch_0000.pt"
     plant(planted, marker, how)
@@ -63,7 +63,7 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(repo_root, tiny_override
         ckpt.load_checkpoint(planted)
     message = str(refused.value)
     assert len(message.splitlines()) == 1 and str(planted) in message and "checkpoints upgrade" in message
-    cfg = load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides)
+    cfg = tiny_config()
     with pytest.raises(ckpt.UnsafeCheckpoint):
         train(cfg, MemoryReporter(), workdir=tmp_path / "trial")  # resuming the trial refuses it too
     assert not marker.exists()
@@ -72,8 +72,8 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(repo_root, tiny_override
     assert marker.exists()  # the payload does run when unpickled without restriction: the test can fail
 
 
-def test_trial_resuming_a_crafted_checkpoint_fails_cleanly(repo_root, tiny_overrides, store, tmp_path):
-    cfg = load_experiment(repo_root / "experiments/demo.yaml", tiny_overrides + [f"tracking.uri={store}", "train.fail_at_step=0"])
+def test_trial_resuming_a_crafted_checkpoint_fails_cleanly(tiny_config, store, tmp_path):
+    cfg = tiny_config(f"tracking.uri={store}", "train.fail_at_step=0")
     first = run_trial(cfg, storage=tmp_path / "storage")  # an unfinished trial, to be resumed
     assert first.status == "FAILED" and "InjectedFault" in first.reason
     marker = tmp_path / "executed"
@@ -158,7 +158,7 @@ def test_cifar_release_layout_loads(tmp_path, writer):
     assert train.targets[:4] == [0, 1, 2, 3] and test.targets == [5, 6, 7, 8]
 
 
-def test_crafted_cifar_batch_is_refused_and_runs_nothing(repo_root, tmp_path, monkeypatch, capsys):
+def test_crafted_cifar_batch_is_refused_and_runs_nothing(tiny_experiment, tmp_path, capsys):
     from dinolab.cli import main
 
     root = make_cifar10(tmp_path / "c10")
@@ -169,8 +169,7 @@ def test_crafted_cifar_batch_is_refused_and_runs_nothing(repo_root, tmp_path, mo
     _assert_config_error(data_cfg("cifar10", root), str(bad), "system", "refused")  # the data check before a trial
     with pytest.raises(ConfigError, match="data_batch_2"):
         build_dataset(data_cfg("cifar10", root), "train")  # and at load
-    monkeypatch.chdir(repo_root)
-    assert main(["run", "experiments/demo.yaml", "--set", "data.name=cifar10", "--set", f"data.root={root}"]) == 2
+    assert main(["run", str(tiny_experiment), "--set", "data.name=cifar10", "--set", f"data.root={root}"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and str(bad) in err[0], err
     assert not marker.exists()
