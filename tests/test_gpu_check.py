@@ -184,15 +184,13 @@ def test_training_data_and_config(tmp_path):
         prepare_data(tmp_path / "scratch" / "data" / "cifar10" / "train", tmp_path)
 
 
-def test_training_step_plumbing_on_cpu(tmp_path, tiny_overrides):
-    """The training step's own code on a tiny CPU trial: it trains through train(), the FileReporter writes one
-    line per epoch, and the GPU-only figures read as failures on a CPU (no CUDA peak, no GPU-hours)."""
-    from dinolab.bench.context import repo_root
-    from dinolab.bench.gpu_training import EXPERIMENT, overrides, run_training
-    from dinolab.config import load_experiment
+def test_training_step_plumbing_on_cpu(tmp_path, tiny_config):
+    """The training step's own code on a tiny CPU trial (the tests' tiny experiment with the step's overrides): it
+    trains through train(), the FileReporter writes one line per epoch, and the GPU-only figures read as failures on a
+    CPU (no CUDA peak, no GPU-hours)."""
+    from dinolab.bench.gpu_training import overrides, run_training
 
-    cfg = load_experiment(repo_root() / EXPERIMENT, overrides(None, 2, 2, 0) + tiny_overrides + ["train.device=cpu", "train.threads=1",
-                                                                                                "eval.linear=false"])
+    cfg = tiny_config(*overrides(None, 2, 2, 0), "train.device=cpu", "train.threads=1", "eval.linear=false")
     checks, fig = run_training(cfg, tmp_path / "training", tmp_path / "trial", max_seconds=300)
     got = {c.name: c for c in checks}
     assert got["trained through train() on cpu"].passed and got["k-NN every epoch and at random init"].passed
