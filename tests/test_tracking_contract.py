@@ -38,6 +38,13 @@ def _not_names(tree) -> set[int]:
     return ids
 
 
+def _names_a_module(text: str) -> bool:
+    """``dinolab.sweep.cli``: one of the package's own modules (imported by name), not a tag."""
+    parts = text.split(".")
+    return parts[0] == "dinolab" and len(parts) > 1 and (
+        PACKAGE.joinpath(*parts[1:]).with_suffix(".py").is_file() or PACKAGE.joinpath(*parts[1:], "__init__.py").is_file())
+
+
 def stray_literals(source: str) -> list[tuple[int, str]]:
     """(line, text) of every string constant (f-string parts included, docstrings not) that names a tag,
     a metric, a summary or an artifact."""
@@ -47,14 +54,15 @@ def stray_literals(source: str) -> list[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             text = node.value
-            if TAG_RE.match(text) or SUMMARY_RE.match(text) or text in NAMES:
+            if (TAG_RE.match(text) or SUMMARY_RE.match(text) or text in NAMES) and not _names_a_module(text):
                 out.append((node.lineno, text))
     return sorted(out)
 
 
 def test_the_scan_finds_a_stray_literal():
     found = stray_literals('"""dinolab.doc"""\nx = {"dinolab.heartbeat": 1}\ny = f"best/{m}"\nz = m["knn_top1"]\n'
-                           'w = f"dinolab.grid.{g}"\nlog = logging.getLogger("dinolab.x")\nv = "see dinolab.config"\n')
+                           'w = f"dinolab.grid.{g}"\nlog = logging.getLogger("dinolab.x")\nv = "see dinolab.config"\n'
+                           'u = importlib.import_module("dinolab.sweep.cli")\n')
     assert [t for _, t in found] == ["dinolab.heartbeat", "best/", "knn_top1", "dinolab.grid."]
 
 
