@@ -12,6 +12,8 @@ from dinolab.config.grid import Column, dry_run_table, expand_grid, load_grid
 from dinolab.config.paper_tables import ENV_VAR, PACKAGED, PaperTable, load_paper_tables
 from dinolab.data.datasets import data_fingerprint
 
+from one_line import error_of
+
 SHARED_TABLES = Path(__file__).parents[2] / "shared" / "reference" / "paper_tables.yaml"
 
 BASE = """\
@@ -48,14 +50,6 @@ def write_grid(folder: Path, body: str, name: str = "g.yaml", base: str = "../ex
     path = folder / name
     path.write_text(text)
     return path
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg, f"error is not one line: {msg!r}"
-    return msg
 
 
 # ------------------------------------------------------------------------------------------- expansion

@@ -17,6 +17,8 @@ from dinolab.config import (
 from dinolab.config.loader import parse_override
 from dinolab.config.schema import DinoConfig, TrainConfig
 
+from one_line import error_of
+
 # A tiny valid experiment: ViT-Tiny/4 on 32/16 px crops of the synthetic data.
 TINY = """\
 model: {arch: vit_tiny, patch_size: 4}
@@ -30,14 +32,6 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(ConfigError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg, f"error is not one line: {msg!r}"
-    return msg
 
 
 # ------------------------------------------------------------------------------------------- base chains
