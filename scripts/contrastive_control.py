@@ -48,7 +48,9 @@ def embed(network, crops: list, embedding: str) -> torch.Tensor:
 
 def main() -> None:
     from dinolab.config import ConfigError, load_experiment
-    from dinolab.train.loop import build_eval_sets, build_networks, build_train_loader, evaluate_knn, seed_everything
+    from dinolab.train.evaluation import build_eval_sets, evaluate_knn
+    from dinolab.train.loop import build_train_loader, seed_everything
+    from dinolab.train.setup import build_networks
     from dinolab.train.teacher import TeacherPolicy
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -58,7 +58,9 @@ def switch_off(photometric, parts: list[str]) -> None:
 
 
 def measure_at_init(cfg, parts_off: list[str], batches: int) -> dict:
-    from dinolab.train.loop import build_eval_sets, build_networks, build_train_loader, evaluate_knn, seed_everything
+    from dinolab.train.evaluation import build_eval_sets, evaluate_knn
+    from dinolab.train.loop import build_train_loader, seed_everything
+    from dinolab.train.setup import build_networks
 
     seed_everything(cfg.train.seed)
     _, teacher = build_networks(cfg)

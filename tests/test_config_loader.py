@@ -215,7 +215,7 @@ def test_non_synthetic_data_needs_a_root_but_not_an_existing_folder(tmp_path):
 
 RUNTIME_CHANGES = [
     "name=other", "train.device=cpu", "train.precision=fp32", "train.threads=3", "train.keep_checkpoints=5",
-    "train.progress=false", "train.fail_at_step=7", "data.root=/elsewhere", "data.num_workers=6",
+    "train.progress=false", "data.root=/elsewhere", "data.num_workers=6",
     "tracking.uri=http://host:5000", "tracking.experiment=x", "tracking.run_name=r", "resources.workers=2",
     "resources.cpus_per_worker=3", "resources.gpus_per_worker=1",
 ]

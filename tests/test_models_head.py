@@ -173,7 +173,7 @@ def test_bn_head_equals_hand_computation(nlayers):
 
 
 def test_bn_head_in_a_trial_config(tiny_config):
-    from dinolab.train.loop import build_networks
+    from dinolab.train.setup import build_networks
 
     cfg = tiny_config("dino.use_bn_in_head=true")
     student, teacher = build_networks(cfg)
@@ -182,9 +182,9 @@ def test_bn_head_in_a_trial_config(tiny_config):
 
 
 def test_batchnorms_are_synchronised_only_across_several_cuda_workers():
-    """The loop's sync_batchnorms: SyncBatchNorm for world_size > 1 on CUDA (conversion itself needs no GPU),
+    """The training set-up's sync_batchnorms: SyncBatchNorm for world_size > 1 on CUDA (conversion itself needs no GPU),
     the module untouched on one worker or on CPU workers."""
-    from dinolab.train.loop import sync_batchnorms
+    from dinolab.train.setup import sync_batchnorms
 
     def head():
         return DINOHead(IN, OUT, HIDDEN, BOTTLENECK, nlayers=3, use_bn=True)

@@ -3,6 +3,7 @@ that would resume the checkpoint ends FAILED naming it; the CIFAR file stops the
 release's own files still load, and the package loads nothing with an unrestricted unpickler."""
 
 import ast
+import json
 import os
 import pickle
 import shlex
@@ -17,6 +18,7 @@ from dinolab.config import ConfigError
 from dinolab.data.datasets import build_dataset, check_data
 from dinolab.track.reporter import MemoryReporter
 from dinolab.train import checkpoint as ckpt
+from dinolab.train import faults
 from dinolab.train.loop import train
 from dinolab.trial import run_trial
 from test_data_datasets import _assert_config_error, cfg as data_cfg, make_cifar10
@@ -72,8 +74,9 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tiny_config, tmp_path, h
     assert marker.exists()  # the payload does run when unpickled without restriction: the test can fail
 
 
-def test_trial_resuming_a_crafted_checkpoint_fails_cleanly(tiny_config, store, tmp_path):
-    cfg = tiny_config(f"tracking.uri={store}", "train.fail_at_step=0")
+def test_trial_resuming_a_crafted_checkpoint_fails_cleanly(tiny_config, store, tmp_path, monkeypatch):
+    cfg = tiny_config(f"tracking.uri={store}")
+    monkeypatch.setenv(faults.ENV, json.dumps({cfg.name: 0}))
     first = run_trial(cfg, storage=tmp_path / "storage")  # an unfinished trial, to be resumed
     assert first.status == "FAILED" and "InjectedFault" in first.reason
     marker = tmp_path / "executed"

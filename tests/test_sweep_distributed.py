@@ -41,9 +41,10 @@ def _run(rank: int, world: int, cfg_dict: dict, crops, skip_center_reduce: bool)
     import torch.distributed as dist
     from torch import nn
 
-    from dinolab.train.loop import build_criterion, build_networks, seed_everything, unwrap
+    from dinolab.train.loop import seed_everything
     from dinolab.train.loop import world as loop_world
     from dinolab.train.optim import clip_gradients, param_groups
+    from dinolab.train.setup import build_criterion, build_networks, unwrap
     from dinolab.train.teacher import TeacherPolicy
 
     torch.set_num_threads(1)

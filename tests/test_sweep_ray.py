@@ -21,6 +21,7 @@ import pytest
 from dinolab.cli import main
 from dinolab.home import default_tracking_uri
 from dinolab.sweep.locks import cancel_marker, claim_path, is_locked, request_cancel
+from dinolab.train import faults
 from process_helpers import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,12 +32,17 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = {"train.steps_per_epoch": 1, "eval.linear_lrs": [0.1]}
 
 
+# Faults the session's Ray workers inject (run name -> global step), once per trial folder.
+FAULTS = {"tiny/faulty/seed0": 1}
+
+
 @pytest.fixture(scope="session")
 def ray_address():
-    """One local Ray for the whole session; in-process launches reuse it, subprocesses join it."""
+    """One local Ray for the whole session; in-process launches reuse it, subprocesses join it (without FAULTS)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env=faults.runtime_env(FAULTS))
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -104,7 +110,7 @@ def trial_ids(grid: Path) -> list[str]:
 
 def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_grid, tmp_path):
     storage = tmp_path / "storage"
-    rows = {"ema": {"dino.momentum": 0.99}, "faulty": {"dino.momentum": 0.9, "train.fail_at_step": 1}}
+    rows = {"ema": {"dino.momentum": 0.99}, "faulty": {"dino.momentum": 0.9, "train.keep_checkpoints": 3}}  # FAULTS
     grid = write_grid(tmp_path, "tiny", rows)
     request_cancel(storage, "tiny")  # a stale --cancel: the launch removes it (else nothing would train)
     assert sweep(grid, storage) == 0
@@ -134,7 +140,7 @@ def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_
     _, trials_again, parents_again = runs()
     assert {r.info.run_id for rs in trials_again.values() for r in rs} | {p.info.run_id for p in parents_again["tiny"]} == before
 
-    rows["faulty"] = {"dino.momentum": 0.9}  # fail_at_step is runtime: the same trials
+    rows["faulty"] = {"dino.momentum": 0.9}  # keep_checkpoints is runtime: the same trials
     grid = write_grid(tmp_path, "tiny", rows, seeds=(0, 1))
     assert sweep(grid, storage) == 0
     _, trials, parents = runs()

@@ -2,6 +2,7 @@
 to an uninterrupted run at the same thread count, and the resumed part logs only later epochs; also for a
 trial interrupted before safe loading, once its checkpoints are converted by ``dinolab checkpoints upgrade``."""
 
+import json
 import random
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from dinolab.cli import main
 from dinolab.track.reporter import MemoryReporter
 from dinolab.train import checkpoint as ckpt
-from dinolab.train.loop import InjectedFault, train
+from dinolab.train.faults import ENV, InjectedFault
+from dinolab.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +31,21 @@ def full(cfg, tmp_path_factory):
     return workdir, reporter
 
 
-def _interrupt(cfg, workdir):
-    """Fault in epoch 1 (global step 3 of 2 steps/epoch), after epoch 0's checkpoint exists; the faulty config."""
-    faulty = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fail_at_step": 3})})
+def _interrupt(cfg, workdir, monkeypatch):
+    """Fault in epoch 1 (global step 3 of 2 steps/epoch), after epoch 0's checkpoint exists. The hook stays set:
+    the resume gets through because the fault fires once per trial folder."""
+    monkeypatch.setenv(ENV, json.dumps({cfg.name: 3}))
     first = MemoryReporter()
     with pytest.raises(InjectedFault):
-        train(faulty, first, workdir=workdir)
+        train(cfg, first, workdir=workdir)
     assert [e for e, _ in ckpt.list_checkpoints(workdir)] == [0]
     assert first.steps() == [0]
-    return faulty
 
 
-def _resume_and_compare(faulty, workdir, full):
+def _resume_and_compare(cfg, workdir, full):
     full_dir, full_reporter = full
     second = MemoryReporter()
-    result = train(faulty, second, workdir=workdir)
+    result = train(cfg, second, workdir=workdir)
     assert result.start_epoch == 1
     assert second.steps() == [1, 2]  # only the epochs after the checkpoint are logged
 
@@ -61,9 +63,9 @@ def _resume_and_compare(faulty, workdir, full):
     assert full_reporter.history("loss")[1:] == second.history("loss")
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(cfg, full, tmp_path):
-    faulty = _interrupt(cfg, tmp_path / "resumed")
-    _resume_and_compare(faulty, tmp_path / "resumed", full)
+def test_interrupted_and_resumed_run_is_bit_identical(cfg, full, tmp_path, monkeypatch):
+    _interrupt(cfg, tmp_path / "resumed", monkeypatch)
+    _resume_and_compare(cfg, tmp_path / "resumed", full)
 
 
 def _rng_state_before_safe_loading() -> dict:
@@ -75,7 +77,7 @@ def test_checkpoint_from_before_safe_loading_resumes_after_upgrade(cfg, full, tm
     workdir = tmp_path / "storage/trials/abc"
     with monkeypatch.context() as m:  # the interrupted trial is written the way dinolab wrote it before
         m.setattr(ckpt, "rng_state", _rng_state_before_safe_loading)
-        faulty = _interrupt(cfg, workdir)
+        _interrupt(cfg, workdir, monkeypatch)
     old = ckpt.latest_checkpoint(workdir)
     with pytest.raises(ckpt.UnsafeCheckpoint, match="checkpoints upgrade"):
         ckpt.load_checkpoint(old)
@@ -90,7 +92,7 @@ def test_checkpoint_from_before_safe_loading_resumes_after_upgrade(cfg, full, tm
     assert main(["checkpoints", "upgrade", str(workdir)]) == 0
     assert f"already safe  {old}" in capsys.readouterr().out
 
-    _resume_and_compare(faulty, workdir, full)
+    _resume_and_compare(cfg, workdir, full)
 
 
 def test_checkpoints_are_kept_to_the_last_n(cfg, full):

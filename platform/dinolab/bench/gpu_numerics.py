@@ -51,7 +51,7 @@ def make_step(precision: str, device: torch.device, crops: list[torch.Tensor], s
 
     overrides = {k: dict(v) for k, v in spec.items()}
     overrides["train"]["precision"] = precision
-    step = TrainingStep(step_config(overrides, device), device, seed=0)
+    step = TrainingStep(step_config(overrides, device), device)  # train.seed 0
     step.crops = [c.to(device) for c in crops]  # the same views for every variant (TrainingStep drew its own)
     return step
 
@@ -66,7 +66,7 @@ def views(spec: dict = OVERRIDES, seed: int = 0) -> list[torch.Tensor]:
 
 def gradients(step) -> dict[str, torch.Tensor]:
     """The student's gradients after a step (clipped per parameter, which leaves their direction), fp32, CPU."""
-    return {n: p.grad.detach().float().cpu() for n, p in step.student.named_parameters() if p.grad is not None}
+    return {n: p.grad.detach().float().cpu() for n, p in step.setup.student.named_parameters() if p.grad is not None}
 
 
 def all_finite(tensors) -> bool:
@@ -101,7 +101,7 @@ def run_fp16(device: torch.device, crops: list[torch.Tensor], spec: dict = OVERR
     from dinolab.train.step import NonFiniteLoss
 
     step = make_step("fp16", device, crops, spec)
-    probe = next(p for p in step.student.parameters() if p.requires_grad)
+    probe = next(p for p in step.setup.student.parameters() if p.requires_grad)
     losses, scales, applied = [], [], 0
     for _ in range(FP16_STEPS):
         before = probe.detach().clone()
@@ -109,11 +109,11 @@ def run_fp16(device: torch.device, crops: list[torch.Tensor], spec: dict = OVERR
             losses.append(step())
         except NonFiniteLoss:  # raised before any update: recorded, and the check fails on it
             losses.append(float("nan"))
-        scales.append(float(step.scaler.get_scale()))
+        scales.append(float(step.setup.scaler.get_scale()))
         applied += int(not torch.equal(before, probe.detach()))
-    params_finite = all_finite(p.detach() for p in step.student.parameters())
+    params_finite = all_finite(p.detach() for p in step.setup.student.parameters())
     return {"losses": losses, "scales": scales, "steps_applied": applied, "params_finite": params_finite,
-            "scaler_enabled": step.scaler.is_enabled()}
+            "scaler_enabled": step.setup.scaler.is_enabled()}
 
 
 def numerics(device: torch.device, spec: dict = OVERRIDES) -> tuple[list[Check], dict]:
@@ -138,7 +138,7 @@ def numerics(device: torch.device, spec: dict = OVERRIDES) -> tuple[list[Check],
     s16 = make_step("bf16", device, crops, spec)
     loss_bf = s16()
     g_bf = gradients(s16)
-    params_bf = all_finite(p.detach() for p in s16.student.parameters())
+    params_bf = all_finite(p.detach() for p in s16.setup.student.parameters())
     del s16
     d = grad_direction(g_bf, g32)
     fig.update(bf16_loss=loss_bf, bf16_loss_rel=rel(loss_bf, loss32), bf16_grad_cos=d)

@@ -1,9 +1,10 @@
 """Training-step figures: one DINO step against the same step's matrix products timed alone.
 
-Step: ``dinolab.train.step.train_step``, what ``dinolab.train.loop.train`` does per iteration on views already on the device (data loading and
-augmentation are the augmentation figure's business): teacher on the 2 global views, student on all views,
-DINO loss with the diagnostics the loop logs, backward, per-parameter clipping, AdamW step, EMA teacher
-update, center update. CPU runs fp32; CUDA runs bf16 autocast (``train.precision=bf16``).
+Step: ``dinolab.train.step.train_step`` on the set-up ``dinolab.train.setup.build_training`` makes of the config,
+what ``dinolab.train.loop.train`` does per iteration on views already on the device (data loading and
+augmentation are the augmentation figure's business): the scheduled lr / weight decay, teacher on the 2 global
+views, student on all views, DINO loss (and EsViT's region loss when configured) with the diagnostics the loop
+logs, backward, per-parameter clipping, AdamW step, EMA teacher update, center update. CPU runs fp32; CUDA runs bf16 autocast (``train.precision=bf16``).
 
 Baseline: the step's matrix products alone. One step runs under a dispatch mode that records every call
 of an op torch's FLOP counter (``torch.utils.flop_counter.FlopCounterMode``) has a formula for: mm, addmm,
@@ -191,44 +192,27 @@ class ProductReplay:
 
 
 class TrainingStep:
-    """One steady-state DINO training step as ``train()`` runs it, on fixed random views (see the module doc)."""
+    """One steady-state DINO training step as ``train()`` runs it (its set-up, ``build_training``), on fixed random
+    views (see the module doc): a step past the head's frozen first epoch(s)."""
 
-    def __init__(self, cfg: ExperimentConfig, device: torch.device, seed: int = 0) -> None:
-        from dinolab.train.loop import autocast_dtype, build_criterion, build_networks, seed_everything
-        from dinolab.train.optim import build_optimizer, param_groups
-        from dinolab.train.step import StepParts
-        from dinolab.train.teacher import TeacherPolicy
+    def __init__(self, cfg: ExperimentConfig, device: torch.device) -> None:
+        from dinolab.train.loop import seed_everything
+        from dinolab.train.setup import build_training
 
         self.cfg, self.device = cfg, device
-        seed_everything(seed)
+        seed_everything(cfg.train.seed)
+        self.setup = build_training(cfg, steps_per_epoch=1, device=device)  # step i = epoch i
+        self.step = min(cfg.train.freeze_last_layer, cfg.train.epochs - 1)
         c = cfg.crops
-        self.n_crops = 2 + c.local_number
-        student, teacher = build_networks(cfg)
-        self.student, self.teacher = student.to(device), teacher.to(device)
-        self.criterion = build_criterion(cfg, self.n_crops).to(device)
-        groups = param_groups(self.student)
-        self.optimizer = build_optimizer(cfg.train.optimizer, groups)
-        for i, group in enumerate(self.optimizer.param_groups):  # the schedules' first values
-            group["lr"] = cfg.train.lr * cfg.train.batch_size / 256.0
-            if i == 0:
-                group["weight_decay"] = cfg.train.weight_decay
-        self.amp_dtype = autocast_dtype(cfg.train.precision, device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.policy = TeacherPolicy(cfg.dino.teacher)
-        self.epoch = cfg.train.freeze_last_layer  # past the frozen first epoch(s): every parameter updates
-        b = cfg.train.batch_size
         sides = [c.global_size] * 2 + [c.local_size] * c.local_number
         # Normalised views: (B, 3, S, S) each, what the loader + photometric stage hand the loop.
-        self.crops = [torch.randn(b, 3, s, s, device=device) for s in sides]
-        self.parts = StepParts(cfg, self.student, self.teacher, self.criterion, None, self.optimizer, self.scaler,
-                               self.policy, self.amp_dtype, self.n_crops)
+        self.crops = [torch.randn(cfg.train.batch_size, 3, s, s, device=device) for s in sides]
 
     def __call__(self) -> float:
         from dinolab.train.step import train_step
 
-        self.student.train()
-        return train_step(self.parts, self.crops, epoch=self.epoch, teacher_temp=self.cfg.dino.teacher_temp,
-                          momentum=self.cfg.dino.momentum).loss
+        self.setup.student.train()
+        return train_step(self.setup, self.crops, self.step).loss
 
 
 def step_config(overrides: dict, device: torch.device) -> ExperimentConfig:
@@ -351,7 +335,7 @@ def measure_step(ctx: BenchContext, name: str, title: str, overrides: dict, repe
         extra["utilisation_vs_fp32_gemm"] = extra["step_tflops"] / extra["gemm_fp32_tflops"]
     config = {
         "arch": cfg.model.arch, "patch_size": cfg.model.patch_size, "crops": f"2x{c.global_size} + {c.local_number}x{c.local_size}",
-        "batch": batch, "out_dim": cfg.dino.out_dim, "precision": "bf16 autocast" if step.amp_dtype is not None else "fp32",
+        "batch": batch, "out_dim": cfg.dino.out_dim, "precision": "bf16 autocast" if step.setup.amp_dtype is not None else "fp32",
         "threads": ctx.threads, "device": str(device),
     }
     ratio = s["median"] / p["median"]

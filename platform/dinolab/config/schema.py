@@ -137,7 +137,6 @@ class TrainConfig(Section):
     threads: Optional[int] = runtime(None, "torch threads (1..1024); None = the CPUs this trial was given.", ge=1, le=1024)
     keep_checkpoints: int = runtime(2, "Epoch checkpoints kept besides the final weights.", ge=1)
     progress: bool = runtime(True, "Show a progress bar.")
-    fail_at_step: Optional[int] = runtime(None, "Test-only fault injection: raise once at this global step.")
 
     @field_validator("device")
     @classmethod

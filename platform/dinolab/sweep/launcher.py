@@ -170,16 +170,19 @@ def format_plan(plan: Plan, with_detail: bool = True) -> str:
 
 
 def connect_ray(address: Optional[str] = None) -> bool:
-    """Join ``address`` (or $RAY_ADDRESS), else start an isolated local Ray; True if this call started it."""
+    """Join ``address`` (or $RAY_ADDRESS), else start an isolated local Ray; True if this call started it.
+    The job's workers get the driver's test hooks (``dinolab.train.faults``) in their environment."""
     import ray
+
+    from dinolab.train.faults import runtime_env
 
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, runtime_env=runtime_env())
     else:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, runtime_env=runtime_env())
     return True
 
 

@@ -104,9 +104,6 @@ def execute_task(task: TrialTask, on_epoch: Optional[Callable[[int, dict], None]
             return {"outcome": "reused", "trial_id": tid, "run_id": decision.run.run_id}
         resume = decision.action == lifecycle.RESUME
         cfg = build_config(task.config, source=f"grid {task.grid} row {task.row!r} seed {task.seed}")
-        if resume and int(decision.folder.get("attempts", 0)) >= 1 and cfg.train.fail_at_step is not None:
-            # Fault injection fires on a trial's first attempt only: the retry must get through.
-            cfg.train.fail_at_step = None
         if cfg.train.threads is None:
             cfg.train.threads = max(1, int(task.cpus_per_worker))
         grids = {task.grid}.union(*(r.grids for r in runs)) if runs else {task.grid}

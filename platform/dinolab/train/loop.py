@@ -1,14 +1,12 @@
-"""The one DINO training loop, read top to bottom: data, networks, loss, optimizer, schedules,
-resume, loop, end. It knows neither Ray nor MLflow: it talks to a ``Reporter``.
+"""The one DINO training loop, read top to bottom like facebookresearch/dino ``main_dino.py::train_dino`` /
+``train_one_epoch`` (shared/reference/dino_reference.md sections 4-8): data, the training set-up (networks,
+loss, optimizer, schedules: ``setup.build_training``), resume, the epochs, the end. It knows neither Ray nor
+MLflow: it talks to a ``Reporter``. Evaluation is ``evaluation.Evaluator``'s; test-only fault injection
+``faults``'.
 
-Follows facebookresearch/dino ``main_dino.py::train_dino`` / ``train_one_epoch`` (see
-shared/reference/dino_reference.md sections 4-8): the teacher sees only the two global crops,
-the student all crops; lr / weight decay / momentum are per-step arrays, the teacher temperature
-a per-epoch array; per-parameter clipping; the head's last layer frozen in the first epoch(s).
-
-Determinism: every epoch re-seeds python, numpy and torch from (seed, epoch) before its data
-order and augmentations are drawn, so an interrupted run resumed from an epoch checkpoint ends
-bit-identical to an uninterrupted one at the same thread count.
+Determinism: every epoch re-seeds python, numpy and torch from (seed, epoch) before its data order and
+augmentations are drawn, so an interrupted run resumed from an epoch checkpoint ends bit-identical to an
+uninterrupted one at the same thread count.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from dinolab.config.schema import ExperimentConfig
 from dinolab.memory import peak_rss_mb, reset_peak_rss
@@ -32,18 +29,16 @@ from dinolab.track import contract
 from dinolab.track.reporter import Reporter
 
 from . import checkpoint as ckpt
-from .step import NonFiniteLoss, StepParts, train_step, unwrap  # noqa: F401 (NonFiniteLoss, unwrap: re-exported)
-from .teacher import TeacherPolicy, copy_student_to_teacher
+from . import faults
+from .evaluation import Evaluator
+from .setup import TrainingSetup, build_training, unwrap
+from .step import NonFiniteLoss, train_step  # noqa: F401 (NonFiniteLoss: re-exported)
 
 log = logging.getLogger(__name__)
 
 
 class TrainingCancelled(RuntimeError):
     """A cancel request was seen; checkpoints are kept for a later launch."""
-
-
-class InjectedFault(RuntimeError):
-    """Raised once by ``train.fail_at_step`` (fault-injection tests)."""
 
 
 class UnreadableImages(RuntimeError):
@@ -97,17 +92,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """bf16/fp16 autocast on CUDA; CPU always runs fp32 (CPU autocast is slower for these models)."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if precision == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 def available_cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -119,73 +103,6 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-class _SubsetView(torch.utils.data.Dataset):
-    """The first ``n`` items of a seeded permutation of a dataset (a fixed evaluation bank)."""
-
-    def __init__(self, dataset, n: Optional[int], seed: int) -> None:
-        self.dataset = dataset
-        order = np.random.default_rng(seed).permutation(len(dataset)) if n and n < len(dataset) else np.arange(len(dataset))
-        self.indices = order[: n or len(dataset)].tolist()
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-
-# ----------------------------------------------------------------------------- building blocks
-
-
-def build_networks(cfg: ExperimentConfig):
-    """Student and teacher multi-crop networks (teacher: no drop path, no predictor)."""
-    from dinolab.models.head import DINOHead
-    from dinolab.models.multicrop import MultiCropNetwork
-    from dinolab.models.registry import build_backbone
-
-    d = cfg.dino
-
-    def make(drop_path: float, predictor: bool) -> nn.Module:
-        backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=drop_path)
-
-        def head(with_predictor: bool) -> DINOHead:  # the pooled head and EsViT's dense head share every knob
-            return DINOHead(backbone.embed_dim, d.out_dim, d.hidden_dim, d.bottleneck_dim, d.head_layers, d.norm_last_layer,
-                            predictor=with_predictor, use_bn=d.use_bn_in_head)
-
-        pooled_head = head(predictor)  # built first: the initial weights depend on the order
-        return MultiCropNetwork(backbone, pooled_head, dense_head=head(False) if cfg.esvit.region_loss else None)
-
-    student = make(cfg.model.drop_path_rate, d.predictor)
-    teacher = make(0.0, False)
-    copy_student_to_teacher(student, teacher)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return student, teacher
-
-
-def sync_batchnorms(net: nn.Module, world_size: int, device: torch.device) -> nn.Module:
-    """BatchNorm layers (a ResNet backbone, ``dino.use_bn_in_head``) -> SyncBatchNorm when several CUDA workers
-    train one batch, so their statistics are the whole batch's, as the reference code converts both networks.
-    Unchanged on one worker, and on CPU workers (torch's SyncBatchNorm runs only on GPUs): there each worker
-    normalises over its own share of the batch."""
-    if world_size > 1 and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    return net
-
-
-def build_criterion(cfg: ExperimentConfig, n_crops: int):
-    from dinolab.losses.dino import DINOLoss
-
-    return DINOLoss(
-        cfg.dino.out_dim,
-        n_crops,
-        student_temp=cfg.dino.student_temp,
-        center_momentum=cfg.dino.center_momentum,
-        centering=cfg.dino.centering,
-        sinkhorn_iterations=cfg.dino.sinkhorn_iterations,
-    )
 
 
 def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
@@ -225,28 +142,6 @@ def build_train_loader(cfg: ExperimentConfig, per_worker_batch: int, seed: int):
     return dataset, loader, on_device
 
 
-def build_eval_sets(cfg: ExperimentConfig):
-    from dinolab.data.datasets import build_dataset
-    from dinolab.data.multicrop import eval_transform
-
-    tf = eval_transform(cfg.eval_image_size)
-    train = _SubsetView(build_dataset(cfg.data, "train", transform=tf), cfg.eval.max_train_images, seed=0)
-    test = _SubsetView(build_dataset(cfg.data, "test", transform=tf), cfg.eval.max_test_images, seed=1)
-    return train, test
-
-
-def evaluate_knn(backbone: nn.Module, eval_sets, cfg: ExperimentConfig, device, num_classes: int):
-    """Weighted k-NN top-1 (%) of a backbone's pooled features, and the features themselves."""
-    from dinolab.eval.features import extract_features
-    from dinolab.eval.knn import weighted_knn
-
-    train_set, test_set = eval_sets
-    tr_f, tr_y = extract_features(backbone, train_set, batch_size=256, device=device)
-    te_f, te_y = extract_features(backbone, test_set, batch_size=256, device=device)
-    top1 = weighted_knn(tr_f, tr_y, te_f, te_y, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature, num_classes=num_classes)
-    return float(top1), (tr_f, tr_y, te_f, te_y)
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -264,9 +159,6 @@ def train(
     ``workdir`` holds the checkpoints; with ``resume`` the latest one is continued, and only the
     epochs after it are logged. ``should_stop`` is polled every step (a sweep's cancel marker).
     """
-    from dinolab.train.optim import build_optimizer, param_groups
-    from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
-
     workdir = Path(workdir)
     rank, world_size = world()
     is_main = rank == 0
@@ -277,163 +169,57 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)  # likewise cuda_peak_mb
     seed_everything(cfg.train.seed)
 
-    # --- data: multi-crop views for training; a fixed eval bank for k-NN / linear probe.
-    per_worker_batch = cfg.train.batch_size // world_size
-    dataset, loader, finish_views = build_train_loader(cfg, per_worker_batch, cfg.train.seed)
-    num_classes = len(dataset.classes)
-    steps_per_epoch = len(loader)
-    if cfg.train.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.steps_per_epoch)
+    # --- data: multi-crop views for training; a fixed evaluation bank for k-NN / linear probe.
+    dataset, loader, finish_views = build_train_loader(cfg, cfg.train.batch_size // world_size, cfg.train.seed)
+    steps_per_epoch = min(len(loader), cfg.train.steps_per_epoch or len(loader))
     if steps_per_epoch < 1:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(dataset)} images)")
-    eval_sets = build_eval_sets(cfg) if is_main else None
-    n_crops = 2 + cfg.crops.local_number
+    num_classes = len(dataset.classes)
+    evaluator = Evaluator(cfg, device, num_classes) if is_main else None
 
-    # --- networks: student (drop path, optional predictor) and teacher (no gradients).
+    # --- networks, loss, optimizer, schedules, grad scaler, teacher policy.
     seed_everything(cfg.train.seed)
-    student, teacher = build_networks(cfg)
-    student, teacher = student.to(device), teacher.to(device)
-    student, teacher = sync_batchnorms(student, world_size, device), sync_batchnorms(teacher, world_size, device)
-    if world_size > 1:
-        student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-    policy = TeacherPolicy(cfg.dino.teacher)
+    setup = build_training(cfg, steps_per_epoch, device, world_size)
+    backbone = setup.teacher.backbone  # what is evaluated and kept
 
-    # --- loss: DINO cross-entropy (or a Table 7 variant), EsViT's region loss on top.
-    criterion = build_criterion(cfg, n_crops).to(device)
-    region_criterion = None
-    if cfg.esvit.region_loss:
-        from dinolab.losses.region import RegionLoss
-
-        region_criterion = RegionLoss(cfg.dino.out_dim, student_temp=cfg.dino.student_temp, center_momentum=cfg.dino.center_momentum).to(device)
-
-    # --- optimizer: weight decay on weights only (not biases / norms), values set every step.
-    optimizer = build_optimizer(cfg.train.optimizer, param_groups(unwrap(student)))
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    parts = StepParts(cfg, student, teacher, criterion, region_criterion, optimizer, scaler, policy, amp_dtype, n_crops)
-
-    # --- schedules: per-step lr (linear scaling by the total batch), wd, momentum; per-epoch tau_t.
-    epochs = cfg.train.epochs
-    lr_sched = cosine_schedule(cfg.train.lr * cfg.train.batch_size / 256.0, cfg.train.min_lr, epochs, steps_per_epoch, cfg.train.warmup_epochs)
-    wd_sched = cosine_schedule(cfg.train.weight_decay, cfg.train.weight_decay_end, epochs, steps_per_epoch)
-    mom_sched = cosine_schedule(cfg.dino.momentum, 1.0, epochs, steps_per_epoch)
-    temp_sched = teacher_temp_schedule(cfg.dino.warmup_teacher_temp, cfg.dino.teacher_temp, cfg.dino.warmup_teacher_temp_epochs, epochs)
-
-    # --- resume: continue from the latest epoch checkpoint of this trial.
+    # --- resume from this trial's latest epoch checkpoint, else evaluate the network at random init.
     result = TrainResult(workdir=workdir, num_classes=num_classes)
     history: dict[str, list[float]] = {}
-    start_epoch = 0
     latest = ckpt.latest_checkpoint(workdir) if resume else None
     if latest is not None:
         state = ckpt.load_checkpoint(latest)
-        unwrap(student).load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        criterion.load_state_dict(state["criterion"])
-        if region_criterion is not None:
-            region_criterion.load_state_dict(state["region_criterion"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        setup.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
-        history = state["history"]
+        history, result.start_epoch = state["history"], state["epoch"] + 1
         result.final.update(state.get("final", {}))
-        start_epoch = state["epoch"] + 1
         log.info("resumed from %s (epoch %d done)", latest, state["epoch"])
-    elif is_main and eval_sets is not None:
-        # k-NN of the network at random init: the baseline every trained number is read against.
-        knn0, _ = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
-        result.final[contract.KNN_TOP1_RANDOM_INIT] = knn0
-        if unwrap(teacher).backbone.supports_attention:
-            from dinolab.eval.attention import evaluate_attention
+    elif evaluator is not None:
+        result.final.update(evaluator.at_random_init(backbone))
 
-            attn0, _ = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
-            result.final.update({contract.random_init_key(k): v for k, v in attn0.items()})
-    result.start_epoch = start_epoch
-
-    # --- loop.
-    # Fault injection fires once per trial folder (a marker survives the retry's new process).
-    fault_marker = workdir / "fault_injected"
-    fault_pending = cfg.train.fail_at_step is not None and not fault_marker.exists()
-    train_seconds, train_images = 0.0, 0
-    wall_start = time.time()
-    eval_cache = None
-    progress = _progress(cfg, is_main, epochs, start_epoch)
-    unreadable_images(dataset, start_epoch)  # counts from here on
-    for epoch in range(start_epoch, epochs):
+    # --- the epochs.
+    epochs = cfg.train.epochs
+    interrupt = _interrupt(cfg, workdir, should_stop)
+    progress = _progress(cfg, is_main, epochs, result.start_epoch)
+    train_seconds, wall_start = 0.0, time.time()
+    unreadable_images(dataset, result.start_epoch)  # counts from here on
+    for epoch in range(result.start_epoch, epochs):
         seed_everything(epoch_seed(cfg.train.seed, epoch, rank))
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        teacher_temp = float(temp_sched[epoch])
-        sums = {contract.LOSS: 0.0, contract.TEACHER_ENTROPY: 0.0, contract.KL: 0.0}
-        student.train()
-        epoch_start = time.perf_counter()
-        n_steps = 0
-        for it, (crops, _) in enumerate(loader):
-            if it >= steps_per_epoch:
-                break
-            step = epoch * steps_per_epoch + it
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"cancelled at epoch {epoch} step {it}")
-            if fault_pending and step == cfg.train.fail_at_step:
-                fault_marker.parent.mkdir(parents=True, exist_ok=True)
-                fault_marker.touch()
-                raise InjectedFault(f"train.fail_at_step={step}: injected fault")
-            for i, group in enumerate(optimizer.param_groups):
-                group["lr"] = float(lr_sched[step])
-                if i == 0:  # only the regularized group gets weight decay
-                    group["weight_decay"] = float(wd_sched[step])
-
-            crops = [c.to(device, non_blocking=True) for c in crops]
-            if finish_views is not None:
-                crops = finish_views(crops)  # colour jitter, grayscale, blur, solarize, normalise: batched
-            out = train_step(parts, crops, epoch=epoch, teacher_temp=teacher_temp, momentum=float(mom_sched[step]),
-                             where=f"at epoch {epoch} step {it}")
-            sums[contract.LOSS] += out.loss
-            if out.teacher_entropy is not None:
-                sums[contract.TEACHER_ENTROPY] += out.teacher_entropy
-                sums[contract.KL] += out.kl
-            n_steps += 1
-            progress.update(epoch, it, steps_per_epoch, out.loss)
-
-        policy.on_epoch_end(unwrap(student), teacher)
+        metrics, seconds = train_one_epoch(setup, loader, finish_views, epoch, interrupt, progress)
+        train_seconds += seconds
         bad_images = unreadable_images(dataset, epoch)
-        elapsed = time.perf_counter() - epoch_start
-        train_seconds += elapsed
-        train_images += n_steps * cfg.train.batch_size
-
-        metrics = {k: v / max(n_steps, 1) for k, v in sums.items()}
-        if cfg.dino.loss != "ce":
-            metrics.pop(contract.TEACHER_ENTROPY), metrics.pop(contract.KL)
-        metrics.update({
-            contract.LR: float(lr_sched[epoch * steps_per_epoch]),
-            contract.WEIGHT_DECAY: float(wd_sched[epoch * steps_per_epoch]),
-            contract.MOMENTUM: float(mom_sched[epoch * steps_per_epoch]),
-            contract.TEACHER_TEMP: teacher_temp,
-            contract.IMAGES_PER_S: n_steps * cfg.train.batch_size / max(elapsed, 1e-9),
-        })
         if bad_images is not None:
             metrics[contract.UNREADABLE_IMAGES] = bad_images
-        last_epoch = epoch == epochs - 1
-        if is_main and ((epoch + 1) % cfg.eval.knn_every == 0 or last_epoch):
-            metrics[contract.KNN_TOP1], eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+        if evaluator is not None and ((epoch + 1) % cfg.eval.knn_every == 0 or epoch == epochs - 1):
+            metrics[contract.KNN_TOP1] = evaluator.knn(backbone)
         for k, v in metrics.items():
             history.setdefault(k, []).append(float(v))
         history.setdefault("epoch", []).append(float(epoch))
-
         if is_main:
             reporter.log_metrics(metrics, step=epoch)
-            state = {
-                "epoch": epoch,
-                "global_step": (epoch + 1) * steps_per_epoch,
-                "student": unwrap(student).state_dict(),
-                "teacher": teacher.state_dict(),
-                "criterion": criterion.state_dict(),
-                "region_criterion": region_criterion.state_dict() if region_criterion is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": ckpt.rng_state(),
-                "history": history,
-                "final": dict(result.final),
-            }
+            state = {"epoch": epoch, "global_step": (epoch + 1) * steps_per_epoch, **setup.state_dict(),
+                     "rng": ckpt.rng_state(), "history": history, "final": dict(result.final)}
             ckpt.save_epoch_checkpoint(workdir, epoch, state, keep=cfg.train.keep_checkpoints)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
@@ -441,41 +227,81 @@ def train(
             dist.barrier()
     progress.close()
 
-    # --- end: final weights, linear probe on cached frozen features, cost figures.
-    result.history = history
-    result.epochs_done = epochs
+    # --- the end: final weights, attention and linear probe, cost figures.
+    result.history, result.epochs_done = history, epochs
     if is_main:
-        final_dir = workdir / "final"
-        ckpt.atomic_save(unwrap(teacher).backbone.state_dict(), final_dir / contract.WEIGHTS_FILE)
-        ckpt.atomic_save(unwrap(student).backbone.state_dict(), final_dir / "student_backbone.pt")
-        if eval_cache is None:  # resumed after the last epoch's evaluation
-            _, eval_cache = evaluate_knn(unwrap(teacher).backbone, eval_sets, cfg, device, num_classes)
+        ckpt.atomic_save(backbone.state_dict(), workdir / "final" / contract.WEIGHTS_FILE)
+        ckpt.atomic_save(unwrap(setup.student).backbone.state_dict(), workdir / "final" / "student_backbone.pt")
         if contract.KNN_TOP1 in history:
             result.final[contract.KNN_TOP1] = history[contract.KNN_TOP1][-1]
-        if unwrap(teacher).backbone.supports_attention:
-            # The paper's Figures 1/3/4: last-block [CLS] attention, and its Jaccard with object masks.
-            from dinolab.eval.attention import evaluate_attention
-
-            attn, figure = evaluate_attention(unwrap(teacher).backbone, eval_sets[1])
-            result.final.update(attn)
-            reporter.log_image(figure, contract.ATTENTION_IMAGE, step=epochs)
-        if cfg.eval.linear:
-            from dinolab.eval.linear import linear_probe
-
-            tr_f, tr_y, te_f, te_y = eval_cache
-            probe = linear_probe(
-                tr_f, tr_y, te_f, te_y, num_classes, lrs=cfg.eval.linear_lrs, epochs=cfg.eval.linear_epochs,
-                val_fraction=cfg.eval.val_fraction, seed=cfg.train.seed,
-            )
-            result.final[contract.LINEAR_TOP1] = float(probe["top1"])
-            result.final[contract.LINEAR_VAL_TOP1] = float(probe["val_top1"])
-        if train_seconds > 0:
-            result.final[contract.THROUGHPUT] = train_images / train_seconds
-        result.final[contract.TRAIN_SECONDS] = train_seconds
-        result.final[contract.PEAK_RSS_MB] = peak_rss_mb()
-        result.final[contract.CUDA_PEAK_MB] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-        result.final[contract.LOOP_WALL_S] = time.time() - wall_start
+        result.final.update(evaluator.at_end(backbone, reporter, step=epochs))
+        images = (epochs - result.start_epoch) * steps_per_epoch * cfg.train.batch_size
+        result.final.update(_costs(device, images, train_seconds, wall_start))
     return result
+
+
+def train_one_epoch(setup: TrainingSetup, loader, finish_views, epoch: int, interrupt, progress) -> tuple[dict, float]:
+    """One epoch of steps -> (its mean loss and collapse diagnostics, the schedules at its first step, throughput;
+    the seconds it took)."""
+    cfg, steps = setup.cfg, setup.steps_per_epoch
+    sums = {contract.LOSS: 0.0, contract.TEACHER_ENTROPY: 0.0, contract.KL: 0.0}
+    setup.student.train()
+    start = time.perf_counter()
+    for it, (crops, _) in enumerate(loader):
+        if it >= steps:
+            break
+        step = epoch * steps + it
+        interrupt(epoch, it, step)
+        crops = [c.to(setup.device, non_blocking=True) for c in crops]
+        if finish_views is not None:
+            crops = finish_views(crops)  # colour jitter, grayscale, blur, solarize, normalise: batched
+        out = train_step(setup, crops, step)
+        sums[contract.LOSS] += out.loss
+        if out.teacher_entropy is not None:
+            sums[contract.TEACHER_ENTROPY] += out.teacher_entropy
+            sums[contract.KL] += out.kl
+        progress.update(epoch, it, steps, out.loss)
+    setup.policy.on_epoch_end(unwrap(setup.student), setup.teacher)
+    seconds = time.perf_counter() - start
+
+    metrics = {k: v / steps for k, v in sums.items()}
+    if cfg.dino.loss != "ce":  # no teacher distribution
+        metrics.pop(contract.TEACHER_ENTROPY), metrics.pop(contract.KL)
+    first = epoch * steps
+    metrics.update({
+        contract.LR: float(setup.lr[first]),
+        contract.WEIGHT_DECAY: float(setup.weight_decay[first]),
+        contract.MOMENTUM: float(setup.momentum[first]),
+        contract.TEACHER_TEMP: float(setup.teacher_temp[epoch]),
+        contract.IMAGES_PER_S: steps * cfg.train.batch_size / max(seconds, 1e-9),
+    })
+    return metrics, seconds
+
+
+def _interrupt(cfg: ExperimentConfig, workdir: Path, should_stop: Optional[Callable[[], bool]]):
+    """The check before every step: a cancel request (TrainingCancelled), or the fault a test asked for
+    (``faults.InjectedFault``, once per trial folder)."""
+    fault_at = faults.fault_step(cfg.name, workdir)
+
+    def check(epoch: int, it: int, step: int) -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"cancelled at epoch {epoch} step {it}")
+        if step == fault_at:
+            faults.inject(workdir, step)
+
+    return check
+
+
+def _costs(device: torch.device, images: int, train_seconds: float, wall_start: float) -> dict[str, float]:
+    """Throughput over the training steps (evaluation excluded), peak memory, the loop's wall time."""
+    out = {contract.THROUGHPUT: images / train_seconds} if train_seconds > 0 else {}
+    out.update({
+        contract.TRAIN_SECONDS: train_seconds,
+        contract.PEAK_RSS_MB: peak_rss_mb(),
+        contract.CUDA_PEAK_MB: torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0,
+        contract.LOOP_WALL_S: time.time() - wall_start,
+    })
+    return out
 
 
 class _progress:

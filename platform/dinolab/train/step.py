@@ -1,11 +1,11 @@
 """One DINO optimisation step, shared by the training loop and the step benchmark.
 
-The step, in the reference's order: teacher on the 2 global views and student on every view (under
-bf16/fp16 autocast on CUDA), the configured objective, a finiteness check, backward (through the fp16
-grad scaler when there is one), per-parameter clipping, the head's last layer frozen in the first
-epoch(s), the optimizer step, the teacher update (EMA / copy / previous iteration), the centre's EMA
-update, and the collapse diagnostics (teacher entropy, teacher-student KL). The caller owns the
-schedules: it sets the optimizer's lr / weight decay and passes the momentum and teacher temperature.
+The step, in the reference's order: the step's lr / weight decay into the optimizer (from the set-up's
+schedules), teacher on the 2 global views and student on every view (under bf16/fp16 autocast on CUDA),
+the configured objective, a finiteness check, backward (through the fp16 grad scaler when there is one),
+per-parameter clipping, the head's last layer frozen in the first epoch(s), the optimizer step, the
+teacher update (EMA / copy / previous iteration), the centre's EMA update, and the collapse diagnostics
+(teacher entropy, teacher-student KL).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import nn
 
-from dinolab.config.schema import ExperimentConfig
+from .setup import TrainingSetup, unwrap
 
 
 class NonFiniteLoss(RuntimeError):
@@ -26,31 +25,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 @dataclass
-class StepParts:
-    """What a step reads and updates. ``student`` may be DDP-wrapped; ``teacher`` never is."""
-
-    cfg: ExperimentConfig
-    student: nn.Module
-    teacher: nn.Module
-    criterion: nn.Module  # DINOLoss (holds the centre)
-    region_criterion: Optional[nn.Module]  # EsViT RegionLoss, or None
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    policy: object  # teacher.TeacherPolicy
-    amp_dtype: Optional[torch.dtype]
-    n_crops: int
-
-
-@dataclass
 class StepOutput:
     loss: float
     teacher_entropy: Optional[float]  # None for the MSE / InfoNCE objectives (no teacher distribution)
     kl: Optional[float]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return model.module if hasattr(model, "module") else model
 
 
 def objective(cfg, criterion, region_criterion, s_out, t_out, teacher_temp: float, n_crops: int):
@@ -71,17 +49,22 @@ def objective(cfg, criterion, region_criterion, s_out, t_out, teacher_temp: floa
     return loss, out.teacher_probs, out.loss
 
 
-def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teacher_temp: float, momentum: float,
-               where: str = "") -> StepOutput:
-    """One step on normalised views ``crops`` (2 global (B, 3, G, G) first, then the locals (B, 3, L, L)).
+def train_step(setup: TrainingSetup, crops: list[torch.Tensor], step: int) -> StepOutput:
+    """Global step ``step`` (epoch * steps_per_epoch + iteration) on normalised views ``crops`` (2 global
+    (B, 3, G, G) first, then the locals (B, 3, L, L)).
 
-    Raises NonFiniteLoss (before any parameter changes) when the loss is not finite; ``where`` is added
-    to its message (e.g. "at epoch 3 step 7").
+    Raises NonFiniteLoss (before any parameter changes) when the loss is not finite, naming the epoch and step.
     """
     from dinolab.losses.diagnostics import kl_from_cross_entropy, teacher_entropy
     from dinolab.train.optim import cancel_last_layer_gradients, clip_gradients
 
-    p, cfg = parts, parts.cfg
+    p, cfg = setup, setup.cfg
+    epoch, it = divmod(step, p.steps_per_epoch)
+    for i, group in enumerate(p.optimizer.param_groups):
+        group["lr"] = float(p.lr[step])
+        if i == 0:  # only the regularized group gets weight decay
+            group["weight_decay"] = float(p.weight_decay[step])
+    teacher_temp = float(p.teacher_temp[epoch])
     tokens = p.region_criterion is not None
     with torch.autocast(crops[0].device.type, dtype=p.amp_dtype) if p.amp_dtype else nullcontext():
         # Only the 2 global views reach the teacher; the student sees every view.
@@ -91,7 +74,7 @@ def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teach
 
     value = loss.item()
     if not math.isfinite(value):
-        raise NonFiniteLoss(f"loss is {value}" + (f" {where}" if where else ""))
+        raise NonFiniteLoss(f"loss is {value} at epoch {epoch} step {it}")
 
     student = unwrap(p.student)
     p.optimizer.zero_grad(set_to_none=True)
@@ -103,7 +86,7 @@ def train_step(parts: StepParts, crops: list[torch.Tensor], *, epoch: int, teach
     cancel_last_layer_gradients(student, epoch, cfg.train.freeze_last_layer)
     p.scaler.step(p.optimizer)
     p.scaler.update()
-    p.policy.after_step(student, p.teacher, momentum)
+    p.policy.after_step(student, p.teacher, float(p.momentum[step]))
     if cfg.dino.loss == "ce":
         p.criterion.update_center(t_out.logits.float())
     if p.region_criterion is not None:
