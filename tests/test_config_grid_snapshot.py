@@ -41,6 +41,7 @@ def _portable(root):
 def config_digest(cfg) -> str:
     data = config_to_dict(cfg)
     data["data"]["root"] = _portable(data["data"]["root"])
+    data["train"].setdefault("fail_at_step", None)  # a runtime field when the snapshot was written, None in every grid
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
