@@ -17,6 +17,7 @@ import torch
 from dinolab.config import ConfigError, build_config
 from dinolab.home import resolve_tracking_uri
 from dinolab.track.contract import ATTENTION_IMAGE, CONFIG_ARTIFACT, WEIGHTS_ARTIFACT
+from dinolab.track.contract import ID_SCHEME as ID_SCHEME_TAG
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,14 @@ def _trained_backbone(client, run_id: str):
     """(config, teacher backbone with the run's final weights), from the run's artifacts."""
     import yaml
 
+    from dinolab.migrate import recorded_config
     from dinolab.models.registry import build_backbone
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
-        cfg = build_config(yaml.safe_load(Path(cfg_path).read_text()), source=f"run {run_id} {CONFIG_ARTIFACT}")
+        scheme = int(client.get_run(run_id).data.tags.get(ID_SCHEME_TAG, "1"))
+        recorded = recorded_config(yaml.safe_load(Path(cfg_path).read_text()), scheme)
+        cfg = build_config(recorded, source=f"run {run_id} {CONFIG_ARTIFACT}")
         weights = client.download_artifacts(run_id, WEIGHTS_ARTIFACT, tmp)
         backbone = build_backbone(cfg.model, image_size=cfg.crops.global_size, drop_path_rate=0.0)
         backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

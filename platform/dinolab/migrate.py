@@ -98,6 +98,20 @@ class Step:
 
 
 STEPS = {1: Step(1, _v1_verify, _v1_to_v2)}
+# Runtime knobs that left the schema; configs recorded before (config.yaml artifacts, trial folders) still hold them.
+RETIRED_RUNTIME = (("train", "fail_at_step"),)  # test-only fault injection, now $DINOLAB_FAULT_AT_STEP
+
+
+def recorded_config(data: dict, scheme: int) -> dict:
+    """A config a run recorded at id scheme ``scheme`` (its ``config.yaml``), as today's schema takes it:
+    retired runtime keys dropped, identity fields carried through the chain's steps."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for section, key in RETIRED_RUNTIME:
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
+    for version in range(scheme, ID_SCHEME):
+        data = STEPS[version].upgrade(data)
+    return data
 
 
 # ----------------------------------------------------------------------------- the plan
