@@ -194,3 +194,59 @@ def test_small_ablation_rows_run_as_cpu_smoke_runs(path, tmp_path):
         loss = reporter.history("loss")
         assert len(loss) == 1 and math.isfinite(loss[0]), f"{path.name} row {row!r}: loss {loss}"
         assert 0.0 <= result.final["knn_top1"] <= 100.0, f"{path.name} row {row!r}"
+
+
+def test_every_grid_report_fits_120_columns(tmp_path):
+    """Every shipped grid's default report, from runs logged as trials log them (``report.synthetic``), is at
+    most 120 characters wide and a baseline column (random init) has no effect and no collapse flag.
+
+    Runs for two rows of each grid (its default row and the next it runs, whose effect against the default is
+    measured: a cell's width does not depend on its row, and the other rows' cells read ``not run``, narrower than
+    a value), first two seeds (a 3-seed grid then shows ``(n=2)``, the widest form of a cell), the first seed of
+    the second row collapsed."""
+    import random
+
+    from mlflow.tracking import MlflowClient
+
+    from dinolab.report.fit import widest_line
+    from dinolab.report.render import parse_markdown_table, render_markdown
+    from dinolab.report.runs import load_runs
+    from dinolab.report.synthetic import log_trial_run, new_sqlite_store
+    from dinolab.report.table import build_table
+    from dinolab.track import contract as c
+
+    uri = new_sqlite_store(tmp_path / "mlflow.db")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("dinolab")
+    rng = random.Random(0)
+    grids = [grid_of(p) for p in ABLATIONS]
+    seen: set[str] = set()  # a trial several grids share is one run (as the sweep runs it once)
+    for grid in grids:
+        runnable = [r.name for r in grid.rows if not r.reference_only]
+        default = next((r.name for r in grid.rows if r.default), runnable[0])
+        logged_rows = [default] + [r for r in runnable if r != default][:1]
+        logged = [t for t in grid.trials if t.row in logged_rows and t.seed in grid.seeds[:2] and t.config_hash not in seen]
+        seen.update(t.config_hash for t in logged)
+        for t in logged:
+            knn = [30 + 40 * rng.random() for _ in range(3)]
+            history = {c.LOSS: [6.0, 5.5, 5.1], c.TEACHER_ENTROPY: [6.5 * rng.random() for _ in range(3)],
+                       c.KL: [rng.random() for _ in range(3)], c.IMAGES_PER_S: [2000 * rng.random()] * 3, c.KNN_TOP1: knn}
+            final = {c.KNN_TOP1: knn[-1], c.LINEAR_TOP1: 40 + 40 * rng.random(), c.KNN_TOP1_RANDOM_INIT: 10 + rng.random(),
+                     c.THROUGHPUT: 3000 * rng.random(), c.WALL_TIME_S: 86400 * rng.random(),
+                     c.CPU_HOURS: 0.0, c.GPU_HOURS: 500 * rng.random(), c.PEAK_RSS_MB: 60000 * rng.random(),
+                     c.CUDA_PEAK_MB: 80000 * rng.random()}
+            collapsed = logged_rows.index(t.row) == 1 and t.seed == grid.seeds[0]
+            log_trial_run(client, exp, t.config, f"synthetic-{t.config_hash}", history=history, final=final, device="cuda",
+                          collapsed=collapsed, collapse_reason="teacher entropy 0.0" if collapsed else "")
+    runs = load_runs(uri)
+    for grid in grids:
+        keys = {id(t): (None, t.config_hash) for t in grid.trials}  # no data here: trials found by config hash
+        md = render_markdown(build_table(grid, runs, tracking_uri=uri, keys=keys, now=0.0))
+        assert widest_line(md) <= 120, (grid.name, md)
+        blocks = [parse_markdown_table(chunk) for chunk in md.split("\n\n") if chunk.startswith("|")]  # a wide grid: blocks
+        rows = [{k: v for b in blocks for k, v in b[i].items()} for i in range(len(grid.rows))]
+        assert all(len(b) == len(grid.rows) for b in blocks) and "GPU-h" in rows[0], grid.name
+        for spec in grid.columns:
+            if c.is_random_init(spec.metric):
+                assert f"{spec.label} Δ" not in rows[0] and not any(r[spec.label].endswith("†") for r in rows)
+                assert any(r[f"{s.label}"].endswith("†") for r in rows for s in grid.columns if s is not spec)

@@ -99,7 +99,7 @@ def _pm(values: list[float]) -> str:
 
 def test_markdown_table_cell_by_cell(store):
     t = store["table"]
-    md = render_markdown(t)
+    md = render_markdown(t, costs=True)  # the full table
     rows = parse_markdown_table(md)
     assert [r["Row"] for r in rows] == ["DINO (default)", "no_centering", "low momentum"]
     assert list(rows[0]) == ["Row", "center", "k-NN", "k-NN paper", "k-NN vs paper", "entropy [last3]", "entropy effect",
@@ -118,6 +118,21 @@ def test_markdown_table_cell_by_cell(store):
     assert "2 agree, 0 disagree, 0 inconclusive" in md
     assert "no_centering, seed 0" in md and "one-hot teacher" in md
     assert "\\|" not in md  # no cell text needed escaping here
+
+
+def test_default_markdown_fits_120_columns(store):
+    t = store["table"]
+    md = render_markdown(t)
+    assert max(len(line) for line in md.splitlines()) <= 120
+    rows = parse_markdown_table(md)
+    assert list(rows[0]) == ["Row", "center", "k-NN", "k-NN paper", "k-NN Δ", "entropy [last3]", "entropy Δ", "CPU-h"]
+    dino, noc, low = rows
+    tight = lambda values: _pm(values).replace(" ± ", "±").replace(f" (n={len(values)})", "")  # noqa: E731 (both seeds)
+    assert [r["Row"] for r in rows] == ["DINO", "no_centering", "low momentum"] and dino["k-NN Δ"] == "default"
+    assert dino["k-NN"] == tight(KNN["DINO"]) and noc["k-NN"] == tight(KNN["no_centering"]) + "†"
+    assert noc["k-NN Δ"] == "−29.0±1.4 ✓" and low["k-NN Δ"] == "−2.5±0.7 ✓" and noc["CPU-h"] == "0.01"
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({len(line) for line in lines}) == 1  # aligned: every line of the table equally long
 
 
 def test_markdown_escapes_pipes():
@@ -184,10 +199,12 @@ def _main(argv) -> tuple[int, str]:
 
 
 def test_report_command_prints_each_format(store):
-    code, out = _main(["report", str(store["path"]), "--tracking-uri", store["uri"]])
+    code, out = _main(["report", str(store["path"]), "--tracking-uri", store["uri"], "--costs"])
     assert code == 0
     rows = parse_markdown_table(out)
     assert [r["k-NN"] for r in rows] == [_pm(v) + (" collapsed" if k == "no_centering" else "") for k, v in KNN.items()]
+    code, out = _main(["report", str(store["path"]), "--tracking-uri", store["uri"]])
+    assert code == 0 and "img/s" not in parse_markdown_table(out)[0] and max(map(len, out.splitlines())) <= 120
     code, tex = _main(["report", str(store["path"]), "--tracking-uri", store["uri"], "--format", "latex"])
     assert code == 0 and "\\begin{tabular}" in tex
     code, csv = _main(["report", str(store["path"]), "--tracking-uri", store["uri"], "--format", "csv", "--method", "search"])
@@ -197,7 +214,7 @@ def test_report_command_prints_each_format(store):
 def test_report_all_writes_md_tex_csv(store, tmp_path):
     out = tmp_path / "reports"
     code, printed = _main(["report", "--all", "--ablations", str(store["ablations"]), "--out", str(out),
-                           "--tracking-uri", store["uri"]])
+                           "--tracking-uri", store["uri"], "--costs"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["out_test.csv", "out_test.md", "out_test.tex"]
     assert parse_markdown_table((out / "out_test.md").read_text())[1]["k-NN"].endswith("collapsed")
@@ -337,21 +354,44 @@ def test_small_helpers():
     assert parse_image_name("images/attention~cls+step+1+timestamp+1+abc+compressed.webp") is None
 
 
-@pytest.mark.slow
-def test_dashboard_in_headless_chromium(dashboard, tmp_path):
-    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if chromium is None:
-        pytest.skip("chromium is not installed")
+def test_dashboard_all_writes_an_index(store, tmp_path):
+    code, out = _main(["dashboard", "--all", "--ablations", str(store["ablations"]), "--out", str(tmp_path),
+                       "--tracking-uri", store["uri"], "--no-log"])
+    assert code == 0 and out.split() == [str(tmp_path / "out_test.html"), str(tmp_path / "index.html")]
+    c = _count((tmp_path / "index.html").read_text())
+    assert c.urls == ["out_test.html"] and (tmp_path / c.urls[0]).is_file()
+
+
+def _chromium_dom(chromium: str, url: str, profile: Path) -> str:
+    """The DOM of ``url`` after its scripts ran, in headless Chromium; no console error allowed."""
     proc = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-         dashboard["path"].as_uri()],
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", "--dump-dom", url],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
-    c = _count(proc.stdout)  # the DOM after the page's script ran
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_dashboard_in_headless_chromium(dashboard, tmp_path):
+    from urllib.parse import urljoin
+
+    from dinolab.report.index import write_index
+
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    # The index of every grid (here one): a row per grid whose link the browser resolves to the grid's page.
+    index = write_index([(dashboard["table"], dashboard["path"])], dashboard["path"].parent)
+    dom = _chromium_dom(chromium, index.as_uri(), tmp_path / "profile")
+    links = _count(dom).urls
+    assert len(links) == 1 and re.search(r'<tr data-grid="out_test">.*>out_test</a>.*4 finished, 2 collapsed', dom)
+    page = urljoin(index.as_uri(), links[0])
+    assert page == dashboard["path"].as_uri()
+    c = _count(_chromium_dom(chromium, page, tmp_path / "profile"))  # the grid's page, by the index's link
     n = len(dashboard["table"].rows)
     assert len(c.counts[("accuracy-throughput", "point#")]) == n
     for plot in ("knn_top1", "loss", "teacher_entropy", "kl"):

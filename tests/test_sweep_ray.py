@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,12 +109,21 @@ def trial_ids(grid: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_grid, tmp_path):
+def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_grid, tmp_path, capsys):
     storage = tmp_path / "storage"
     rows = {"ema": {"dino.momentum": 0.99}, "faulty": {"dino.momentum": 0.9, "train.keep_checkpoints": 3}}  # FAULTS
-    grid = write_grid(tmp_path, "tiny", rows)
+    every_epoch = {"eval.knn_every": 1}  # an identity field: every grid of this test sets it, to share trials
+    grid = write_grid(tmp_path, "tiny", rows, set=every_epoch)
     request_cancel(storage, "tiny")  # a stale --cancel: the launch removes it (else nothing would train)
-    assert sweep(grid, storage) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(grid), "--storage", str(storage)]) == 0  # not -q, output not a terminal: one line per event
+    err = capsys.readouterr().err.splitlines()
+    for row in rows:
+        for epoch in (1, 2):  # the trial's row name, seed, epoch and k-NN (measured every epoch here)
+            assert [x for x in err if re.match(rf"{row} seed 0 \[\w{{8}}\]: epoch {epoch}/2 .*k-NN \d+\.\d", x)], (row, epoch, err)
+        assert [x for x in err if x.startswith(f"{row} seed 0 [") and ": finished k-NN" in x], err
+    assert [x for x in err if x.startswith("faulty seed 0 [") and "retried from its checkpoint" in x and "InjectedFault" in x], err
+    assert [x for x in err if x.endswith("| 2 done, 0 running, 0 pending, 0 failed; ETA 0s")], err
     assert not cancel_marker(storage, "tiny").exists()
     client, trials, parents = runs()
     ids = trial_ids(grid)
@@ -141,7 +151,7 @@ def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_
     assert {r.info.run_id for rs in trials_again.values() for r in rs} | {p.info.run_id for p in parents_again["tiny"]} == before
 
     rows["faulty"] = {"dino.momentum": 0.9}  # keep_checkpoints is runtime: the same trials
-    grid = write_grid(tmp_path, "tiny", rows, seeds=(0, 1))
+    grid = write_grid(tmp_path, "tiny", rows, seeds=(0, 1), set=every_epoch)
     assert sweep(grid, storage) == 0
     _, trials, parents = runs()
     new_ids = trial_ids(grid)
@@ -150,7 +160,7 @@ def test_sweep_runs_only_what_is_missing_and_retries_a_fault(ray_address, write_
     assert {r.info.run_id for tid in ids for r in trials[tid]} == {ema.info.run_id, faulty.info.run_id}  # untouched
     assert [p.info.run_id for p in parents["tiny"]] == [parent.info.run_id]
 
-    other = write_grid(tmp_path, "other", {"same as ema": {"dino.momentum": 0.99}})  # shares one trial
+    other = write_grid(tmp_path, "other", {"same as ema": {"dino.momentum": 0.99}}, set=every_epoch)  # shares one trial
     assert sweep(other, storage) == 0
     client, trials, parents = runs()
     shared = client.get_run(ema.info.run_id).data.tags

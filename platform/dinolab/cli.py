@@ -45,7 +45,12 @@ def cmd_run(args) -> int:
 
         require_current_scheme(store.open_client(uri), storage, uri)
     _print_home(uri, storage)
-    outcome = run_trial(cfg, storage=storage, fresh=args.fresh)
+    on_epoch = None
+    if not sys.stderr.isatty():  # a terminal has the loop's progress bar; logs and CI get a line per epoch
+        from dinolab.track.progress import EpochLog
+
+        on_epoch = EpochLog(cfg.name, cfg.train.epochs)
+    outcome = run_trial(cfg, storage=storage, fresh=args.fresh, on_epoch_end=on_epoch)
     print(f"run {outcome.run_id} {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
     from dinolab.track import contract
 
@@ -56,8 +61,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from dinolab.home import resolve_tracking_uri
     from dinolab.serve import serve_ui
+    from dinolab.report.ui_links import print_ui_links
 
+    uri = resolve_tracking_uri(args.backend)
+    if not uri.startswith(("http://", "https://")):  # a tracking server is opened as it is (serve_ui says so)
+        print_ui_links(uri, args.host, args.port)
     return serve_ui(host=args.host, port=args.port, backend=args.backend)
 
 

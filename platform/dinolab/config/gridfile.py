@@ -118,6 +118,11 @@ class Column(_Part):
             return {**data, "label": data["metric"]}
         return data
 
+    @property
+    def baseline(self) -> bool:
+        """A value of the untrained network (``knn_top1_random_init``): no effect, no collapse mark."""
+        return contract.is_random_init(self.metric)
+
     @field_validator("metric")
     @classmethod
     def _known(cls, metric: str) -> str:

@@ -186,7 +186,7 @@ def table_html(table: Table, digits: int = 1) -> str:
     for spec in table.columns:
         head.append(f"<th>{_e(column_label(spec))}</th>")
         head += [f"<th>{_e(spec.label)} paper</th>", f"<th>{_e(spec.label)} vs paper</th>"] if spec.paper else \
-            [f"<th>{_e(spec.label)} effect</th>"]
+            [] if spec.baseline else [f"<th>{_e(spec.label)} effect</th>"]
     head += ["<th>img/s</th>", "<th>wall s</th>", "<th>device-h</th>", "<th>RSS MB</th>", "<th>CUDA MB</th>"]
     lines = []
     for row in table.rows:
@@ -199,7 +199,7 @@ def table_html(table: Table, digits: int = 1) -> str:
             tds.append(f'<td class="status-{status}" data-status="{_e(cell.status)}" title="{title}">{_e(cell_text(cell, digits))}</td>')
             comp = compare_text(row, cell, digits) if (spec.paper or row.compare == "effect") else ("–" if row.compare else "")
             comp_td = f'<td class="{_e(cell.agreement or "")}">{_e(comp)}</td>'
-            tds += [f"<td>{_e(fmt_num(cell.paper, digits))}</td>", comp_td] if spec.paper else [comp_td]
+            tds += [f"<td>{_e(fmt_num(cell.paper, digits))}</td>", comp_td] if spec.paper else [] if spec.baseline else [comp_td]
         c = row.cost
         cost = [fmt_num(c.images_per_s.mean, 0) if c.images_per_s else "–",
                 fmt_num(c.wall_time_s.mean, 0) if c.wall_time_s else "–",

@@ -29,6 +29,7 @@ _STATUS_WORDS = {TrialState.MISSING: "not run", "n/a": "n/a", "reference": "–"
 # States whose cell (with no value) shows the first trial's reason.
 _WITH_REASON = (TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED, TrialState.INTERRUPTED, TrialState.RUNNING)
 REASON_CHARS = 48
+MARKS = {"agree": "✓", "disagree": "✗", "inconclusive": "?"}  # an effect's agreement in the compact table
 
 
 def fmt_num(x: Optional[float], digits: int = 1, sign: bool = False) -> str:
@@ -77,19 +78,24 @@ def cell_text(cell: Cell, digits: int = 1) -> str:
     return word
 
 
-def compare_text(row: Row, cell: Cell, digits: int = 1) -> str:
-    """The comparison part: ``Δ +0.3`` (setup matches the paper) or ``−5.2 ± 1.0 vs −4.3: agree``."""
+def compare_text(row: Row, cell: Cell, digits: int = 1, compact: bool = False) -> str:
+    """The comparison part: ``Δ +0.3`` (setup matches the paper) or ``−5.2 ± 1.0 vs −4.3: agree``;
+    compact (the 120-column table, whose header says Δ): ``+0.3`` or ``−5.2±1.0 ✓`` (no paper effect)."""
     if row.compare is None:
         return ""
     if row.compare == "paper":
-        return f"Δ {fmt_num(cell.diff, digits, sign=True)}" if cell.diff is not None else "–"
+        if cell.diff is None:
+            return "–"
+        return fmt_num(cell.diff, digits, sign=True) if compact else f"Δ {fmt_num(cell.diff, digits, sign=True)}"
     if row.default:
         return "default"
     if cell.effect is None:
         return "–"
     text = fmt_num(cell.effect.mean, digits, sign=True)
     if cell.effect.std is not None:
-        text += f" ± {fmt_num(cell.effect.std, digits)}"
+        text += ("±" if compact else " ± ") + fmt_num(cell.effect.std, digits)
+    if compact:
+        return text + (f" {MARKS[cell.agreement]}" if cell.agreement else "")
     if cell.paper_effect is not None:
         text += f" vs {fmt_num(cell.paper_effect, digits, sign=True)}"
     if cell.agreement:
@@ -129,7 +135,10 @@ def header(table: Table) -> list[str]:
     cols = ["Row", *table.label_columns]
     for spec in table.columns:
         name = column_label(spec)
-        cols += [name, f"{spec.label} paper", f"{spec.label} vs paper"] if spec.paper else [name, f"{spec.label} effect"]
+        if spec.paper:
+            cols += [name, f"{spec.label} paper", f"{spec.label} vs paper"]
+        else:
+            cols += [name] if spec.baseline else [name, f"{spec.label} effect"]
     return cols + [h or _hours_header(table) for h in COST_HEADERS]
 
 
@@ -145,7 +154,7 @@ def body(table: Table, digits: int = 1) -> list[list[str]]:
             line.append(cell_text(cell, digits))
             if spec.paper:
                 line += [fmt_num(cell.paper, digits), compare_text(row, cell, digits)]
-            else:
+            elif not spec.baseline:
                 line.append(compare_text(row, cell, digits) if row.compare == "effect" else "–" if row.compare else "")
         line += _cost_cells(table, row) if not row.reference_only else ["–"] * len(COST_HEADERS)
         out.append(line)
@@ -214,7 +223,13 @@ def _md_escape(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def render_markdown(table: Table, digits: int = 1) -> str:
+def render_markdown(table: Table, digits: int = 1, costs: bool = False) -> str:
+    """The table that fits 120 columns (``dinolab.report.fit``), or with ``costs`` the full one: every cost
+    column, seed counts, the paper's effects and the failure reasons in the cells."""
+    if not costs:
+        from .fit import render_compact
+
+        return render_compact(table, digits)
     cols = header(table)
     lines = [f"### {_title(table)}", "", _setup_text(table), ""]
     lines.append("| " + " | ".join(_md_escape(c) for c in cols) + " |")
@@ -349,11 +364,11 @@ def render_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def render(table: Table, fmt: str = "md", digits: int = 1) -> str:
+def render(table: Table, fmt: str = "md", digits: int = 1, costs: bool = False) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt == "md":
-        return render_markdown(table, digits)
+        return render_markdown(table, digits, costs)
     if fmt == "latex":
         return render_latex(table, digits)
     return render_csv(table)

@@ -441,7 +441,7 @@ def _cell(row_name: str, spec: Column, states: list[RowTrial], runs: Mapping[str
         value = metric_value(runs[st.trial_id], spec.metric, spec.agg) if st.status in lifecycle.MEASURED else None
         if value is not None:
             per_seed[st.seed] = value
-            collapsed |= st.status == TrialState.COLLAPSED
+            collapsed |= st.status == TrialState.COLLAPSED and not spec.baseline  # a collapse is training's, not the init's
         elif st.status in lifecycle.MEASURED:
             counts["n/a"] = counts.get("n/a", 0) + 1
             counts[st.status] -= 1
@@ -620,7 +620,7 @@ def build_table(grid, runs: Optional[pd.DataFrame], *, paper_tables: Optional[Ma
                 if cell.stat is not None and cell.paper is not None:
                     cell.diff = cell.stat.mean - cell.paper
                 continue
-            if default_row is None or row is default_row:
+            if default_row is None or row is default_row or columns[i].baseline:
                 continue
             base = default_row.cells[i]
             cell.effect = _effect(cell.per_seed, base.per_seed)

@@ -6,6 +6,8 @@
   dinolab sweep ablations/dino_table7.yaml --address auto --storage /shared/dinolab --max-node-gpus 8
   dinolab sweep ablations/demo.yaml --cancel      running trials stop at their next step (runs KILLED)
   dinolab status ablations/demo.yaml              per trial: finished, running, failed (why), missing, ...
+  dinolab status ablations/demo.yaml --watch      the sweep's table, refreshed until the grid is done
+  dinolab status                                  every grid in the store with its trials' counts
 Exit codes: 0 every trial of the grid is done (or the request was written), 1 some trial is not,
 2 bad input (one line on stderr).
 """
@@ -106,12 +108,67 @@ def cmd_sweep(args) -> int:
 def cmd_status(args) -> int:
     from .launcher import format_plan, plan_grid
 
+    if args.ablation is None:
+        return _status_all(args)
+    if not 0 < args.interval < float("inf"):
+        raise ConfigError(f"--interval must be a finite number of seconds > 0, got {args.interval:g}")
     storage = _storage(args)
     grid = _grid(args)
     _tracking(grid, write=False)
     plan = plan_grid(grid, storage, strict=False)
     print(f"dinolab: tracking store {redact_uri(plan.tracking_uri)}, experiment {plan.experiment}", file=sys.stderr)
+    if args.watch:
+        return _watch(lambda: plan_grid(grid, storage, strict=False), args.interval)
     print(format_plan(plan, with_detail=True), end="")
+    return 0
+
+
+def _watch(read_plan, interval: float) -> int:
+    """Redraw the sweep's table from the store every ``interval`` s until no trial runs or waits to run.
+
+    On a terminal the table is redrawn in place; otherwise it is printed again whenever it changes."""
+    import time
+
+    from .view import FAILED, DONE, from_plan
+
+    view = from_plan(read_plan())
+    live = None
+    if sys.stdout.isatty():
+        from .live import LiveTable
+
+        live = LiveTable(lambda: view.table(), stream=sys.stdout, interval=0)
+        live.start()
+    shown = None
+    try:
+        while True:
+            lines = view.table()
+            if live is not None:
+                live.draw(force=True)
+            elif lines[1:] != shown:
+                print("\n".join(lines), flush=True)
+                shown = lines[1:]
+            if all(line.state in (DONE, FAILED) for line in view.lines):
+                break
+            time.sleep(interval)
+            view = from_plan(read_plan())
+    finally:
+        if live is not None:
+            live.stop()
+    return 0 if all(line.state == DONE for line in view.lines) else 1
+
+
+def _status_all(args) -> int:
+    from dinolab.home import resolve_tracking_uri
+
+    from . import store
+    from .overview import format_summaries, grid_summaries
+
+    if args.watch:
+        raise ConfigError("status --watch needs a grid YAML (e.g. dinolab status ablations/demo.yaml --watch)")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    print(f"dinolab: tracking store {redact_uri(uri)}", file=sys.stderr)
+    summaries = grid_summaries(store.open_client(uri), _storage(args)) if store.store_exists(uri) else []
+    print(format_summaries(summaries), end="")
     return 0
 
 
@@ -137,11 +194,18 @@ def add_sweep_commands(subparsers) -> None:
     s.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raises or whose worker dies (default 2)")
     s.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="fifo for ablation grids; asha stops weak trials early (searches)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field in every trial")
-    s.add_argument("-q", "--quiet", action="store_true", help="no Ray Tune progress tables")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress: neither the live table (terminal) nor the "
+                   "per-event lines (logs)")
     s.set_defaults(func=cmd_sweep)
 
-    t = subparsers.add_parser("status", help="each trial of a grid: finished, running, failed (why), missing, ...")
-    t.add_argument("ablation", help="grid YAML")
+    t = subparsers.add_parser("status", help="each trial of a grid: finished, running, failed (why), missing, ...; "
+                              "without a grid: every grid in the store with its counts")
+    t.add_argument("ablation", nargs="?", help="grid YAML (omit it to list every grid in the store)")
+    t.add_argument("--watch", action="store_true", help="redraw the sweep's live table (row, seed, epoch, k-NN, ETA) "
+                   "until every trial is done or failed")
+    t.add_argument("--interval", type=float, default=10.0, metavar="SEC", help="seconds between --watch refreshes (default 10)")
+    t.add_argument("--tracking-uri", help="store to list grids from (no grid given; default: $MLFLOW_TRACKING_URI or "
+                   "the dinolab home's store)")
     t.add_argument("--storage", help="storage root (default: $DINOLAB_HOME)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the same overrides the sweep used")
     t.set_defaults(func=cmd_status)

@@ -34,6 +34,7 @@ from dinolab.track import contract
 from . import cluster, store
 from .locks import FileLock, clear_cancel, launch_lock_path, storage_root
 from .trainable import TrialTask
+from .view import DONE as DONE_VIEW, FAILED as FAILED_VIEW, GridView, TrialLine, tune_view
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +421,18 @@ def _fit(plan: Plan, tasks: dict, sched, max_concurrent, max_failures, verbose):
         return tune.PlacementGroupFactory(bundles(t["workers"], t["cpus_per_worker"], t["gpus_per_worker"]), strategy="PACK")
 
     trainable = tune.with_resources(tune.with_parameters(tune_trial, tasks=tasks), resources)
+    grid_view = launch_view(plan, tasks)
+    live = None
+    callbacks = []
+    if verbose:  # dinolab's view of the trials; Ray's own status table stays off (verbose=0 below)
+        import sys
+
+        plain = not sys.stderr.isatty()
+        if not plain:
+            from .live import LiveTable
+
+            live = LiveTable(grid_view.table)
+        callbacks.append(tune_view(grid_view, live.draw if live else None, plain))
     name = f"{plan.grid.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tuner = Tuner(
         trainable,
@@ -438,11 +451,27 @@ def _fit(plan: Plan, tasks: dict, sched, max_concurrent, max_failures, verbose):
             name=name,
             storage_path=str(plan.storage / "ray_results"),
             failure_config=FailureConfig(max_failures=max_failures),
-            verbose=verbose,
+            verbose=0,
+            callbacks=callbacks,
         ),
     )
     log.info("grid %s: launching %d trial(s) as Tune experiment %s", plan.grid.name, len(tasks), name)
-    return tuner.fit()
+    if live is None:
+        return tuner.fit()
+    with live:
+        return tuner.fit()
+
+
+def launch_view(plan: Plan, tasks: dict) -> GridView:
+    """The live view's trials: the grid's trials in order; those not launched are done (or skipped) already."""
+    lines = []
+    for item in plan.items:
+        line = TrialLine(item.trial_id, item.trial.row, item.trial.seed, item.trial.config.train.epochs)
+        if item.trial_id not in tasks:
+            line.state, line.note = (DONE_VIEW, "earlier") if item.action == DONE else (FAILED_VIEW, "not retried")
+            line.epoch = line.epochs if item.action == DONE else line.epoch
+        lines.append(line)
+    return GridView(plan.grid.name, lines)
 
 
 def _close_early_stopped(client, plan: Plan, stopped: dict[str, int]) -> None:

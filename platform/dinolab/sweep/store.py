@@ -122,6 +122,16 @@ def find_parent_run(client, experiment_ids: str | Iterable[str], grid: str) -> O
     return min(found, key=lambda r: (r.start_time, r.run_id)) if found else None
 
 
+def parent_runs(client, experiment_ids: Iterable[str]) -> dict[str, RunRecord]:
+    """Every grid's parent run in these experiments: ``{grid: its oldest parent run}`` (as ``find_parent_run``)."""
+    out: dict[str, RunRecord] = {}
+    for rec in _search(client, list(experiment_ids), f"tags.`{contract.PARENT_GRID}` IS NOT NULL"):
+        grid = rec.tags[contract.PARENT_GRID]
+        if grid not in out or (rec.start_time, rec.run_id) < (out[grid].start_time, out[grid].run_id):
+            out[grid] = rec
+    return out
+
+
 def open_parent_run(client, experiment_id: str, grid: str, storage: Path, tags: dict[str, str]) -> str:
     """Find the grid's parent run and mark it RUNNING, or create it; under the grid's parent lock."""
     from mlflow.entities import RunTag

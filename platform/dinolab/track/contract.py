@@ -77,6 +77,8 @@ MLFLOW_PARENT_RUN = "mlflow.parentRunId"
 MLFLOW_RUN_NAME = "mlflow.runName"
 MLFLOW_LOGGED_IMAGES = "mlflow.loggedImages"
 MLFLOW_USER = "mlflow.user"
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"  # an experiment tag: which view the UI opens it in
+EXPERIMENT_KIND_TRAINING = "custom_model_development"  # the UI's model-training view (dinolab ui sets it)
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -123,6 +125,11 @@ ATTENTION_METRICS = (ATTN_JACCARD_BEST_HEAD, ATTN_JACCARD_MEAN_HEAD)
 def random_init_key(metric: str) -> str:
     """``m_random_init``: an end-of-trial metric measured on the network at random init."""
     return f"{metric}_random_init"
+
+
+def is_random_init(metric: str) -> bool:
+    """A metric of the untrained network (a report's baseline column: no effect, no collapse mark)."""
+    return metric.endswith(random_init_key(""))
 
 
 ATTENTION_RANDOM_INIT = tuple(random_init_key(m) for m in ATTENTION_METRICS)
@@ -183,6 +190,7 @@ class RunRecord:
     start_time: int  # ms
     end_time: Optional[int] = None
     tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each metric (the sweep's live view)
 
     @property
     def trial_id(self) -> str:
@@ -233,7 +241,8 @@ class RunRecord:
     def of(cls, run) -> "RunRecord":
         """From an ``mlflow.entities.Run``."""
         info = run.info
-        return cls(info.run_id, info.experiment_id, info.status, int(info.start_time or 0), info.end_time, dict(run.data.tags))
+        return cls(info.run_id, info.experiment_id, info.status, int(info.start_time or 0), info.end_time, dict(run.data.tags),
+                   dict(run.data.metrics))
 
 
 def is_true(value) -> bool:
