@@ -61,14 +61,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from dinolab.home import resolve_tracking_uri
-    from dinolab.serve import serve_ui
     from dinolab.report.ui_links import print_ui_links
+    from dinolab.serve import serve_ui
 
-    uri = resolve_tracking_uri(args.backend)
-    if not uri.startswith(("http://", "https://")):  # a tracking server is opened as it is (serve_ui says so)
-        print_ui_links(uri, args.host, args.port)
-    return serve_ui(host=args.host, port=args.port, backend=args.backend)
+    # the runs page and the grids' parent runs, once the store and port passed serve_ui's checks
+    return serve_ui(host=args.host, port=args.port, backend=args.backend,
+                    announce=lambda uri: print_ui_links(uri, args.host, args.port))
 
 
 def cmd_server(args) -> int:

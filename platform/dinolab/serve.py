@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from dinolab.home import default_artifact_root, default_tracking_uri, redact_uri, resolve_tracking_uri
 
@@ -88,16 +88,21 @@ def _store_label() -> str:
     return uri_source()
 
 
-def serve_ui(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None) -> int:
+def serve_ui(host: str = "127.0.0.1", port: int = 5000, backend: Optional[str] = None,
+             announce: Optional[Callable[[str], None]] = None) -> int:
+    """Run the MLflow UI; ``announce(backend store URI)`` is called once the checks passed, before it starts."""
     check_port(host, port)
     cmd = ui_command(host, port, backend)
     artifacts = default_artifact_root()
     from dinolab.home import home_label, writable_folder
 
     writable_folder(artifacts, home_label())
-    print(f"dinolab: MLflow UI for {redact_uri(cmd[cmd.index('--backend-store-uri') + 1])} at http://{host}:{port}", file=sys.stderr)
+    uri = cmd[cmd.index("--backend-store-uri") + 1]
+    print(f"dinolab: MLflow UI for {redact_uri(uri)} at http://{host}:{port}", file=sys.stderr)
     if host not in LOOPBACK:
         print("dinolab: warning: binding beyond loopback; the UI has no login (see docs/team_scale.md)", file=sys.stderr)
+    if announce is not None:
+        announce(uri)
     return subprocess.call(cmd, env=os.environ.copy())
 
 
