@@ -188,6 +188,8 @@ CASES = [
     ("status-grid-alias-bomb", "status {tmp}/grid_bomb.yaml", "aliases", {}),
     ("status-watch-interval-0", "status {grid} --watch --interval 0", "--interval", {}),
     ("status-watch-no-grid", "status --watch", "needs a grid YAML", {}),
+    ("status-no-grid-uri-unknown-scheme", "status --tracking-uri bogus://x", "--tracking-uri", {}),
+    ("status-no-grid-uri-closed-port", "status --tracking-uri http://127.0.0.1:{closed}", "--tracking-uri", {}),
     ("dashboard-all-out-a-file", "dashboard --all --out {file} --no-log", "--out", {}),
     ("report-grid-alias-bomb", "report {tmp}/grid_bomb.yaml", "aliases", {}),
     ("dashboard-grid-recursive", "dashboard {tmp}/grid_recursive.yaml --no-log", "refers to itself", {}),

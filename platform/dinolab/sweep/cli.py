@@ -159,13 +159,14 @@ def _watch(read_plan, interval: float) -> int:
 
 def _status_all(args) -> int:
     from dinolab.home import resolve_tracking_uri
+    from dinolab.track.check import check_tracking, uri_source
 
     from . import store
     from .overview import format_summaries, grid_summaries
 
     if args.watch:
         raise ConfigError("status --watch needs a grid YAML (e.g. dinolab status ablations/demo.yaml --watch)")
-    uri = resolve_tracking_uri(args.tracking_uri)
+    uri = check_tracking(resolve_tracking_uri(args.tracking_uri), uri_source(args.tracking_uri))
     print(f"dinolab: tracking store {redact_uri(uri)}", file=sys.stderr)
     summaries = grid_summaries(store.open_client(uri), _storage(args)) if store.store_exists(uri) else []
     print(format_summaries(summaries), end="")
