@@ -25,6 +25,24 @@ def test_data_files_are_inside_the_package():
     assert package in Path(str(TEMPLATE)).parents and "{{body}}" in TEMPLATE.read_text(encoding="utf-8")
 
 
+def test_the_readme_architecture_map_names_every_module_and_only_real_ones():
+    """Each module of the package is in the README's module table, by its path or its folder (``eval/``), and
+    every path the table names exists, so the map cannot drift from the code unnoticed."""
+    import re
+
+    package = Path(sys.modules["dinolab"].__file__).parent
+    readme = (package.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Architecture"):]
+    table = "\n".join(line for line in section[:section.index("\n## ")].splitlines() if line.startswith("| `"))
+    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", table))
+    for name in named:
+        where = package.parents[1] / name if name.startswith("scripts/") else package / name
+        assert where.exists(), f"the README's architecture map names {name}, which does not exist"
+    modules = [p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    missing = [m for m in modules if m not in named and not any(m.startswith(n) for n in named if n.endswith("/"))]
+    assert not missing, f"modules the README's architecture map does not name: {missing}"
+
+
 def test_bench_needs_the_checkout_only_for_the_demo(tmp_path):
     from dinolab.bench.context import BenchContext
 
