@@ -23,16 +23,14 @@ import yaml
 from dinolab.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO = str(REPO / "experiments" / "demo.yaml")
-TINY = {"train.epochs": 1, "train.batch_size": 16, "data.synthetic_train": 64, "dino.out_dim": 32, "dino.hidden_dim": 32,
-        "dino.bottleneck_dim": 16, "model.embed_dim": 32, "model.depths": [1], "model.num_heads": 2, "crops.local_number": 2}
+EXPERIMENT = str(REPO / "tests" / "fixtures" / "tiny.yaml")  # the tests' own experiment (batch 16), not the tuned demo
 
 
 # ------------------------------------------------------------------------------------------ the world a case sees
 
 
 class World:
-    """Paths a case may name: {demo} {grid} {file} (a regular file) {dir} {notdb} (a text file named .db)
+    """Paths a case may name: {exp} {grid} {file} (a regular file) {dir} {notdb} (a text file named .db)
     {store} (the tracking store, also $MLFLOW_TRACKING_URI) {closed} (a port nothing listens on) {silent} (the port
     of a server that accepts connections and never answers) {tmp}."""
 
@@ -52,7 +50,7 @@ class World:
         self.silent_server, self.silent = _silent_server()
 
     def write_grid(self, name: str, **doc) -> Path:
-        body = {"grid": name, "base": DEMO, "seeds": [0], "set": dict(TINY), **doc}
+        body = {"grid": name, "base": EXPERIMENT, "seeds": [0], "set": {"train.epochs": 1}, **doc}
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(body, sort_keys=False))
         return path
@@ -63,7 +61,7 @@ class World:
         return path
 
     def fill(self, text: str) -> str:
-        return text.format(demo=DEMO, grid=self.grid, file=self.file, dir=self.dir, notdb=self.notdb, store=self.store,
+        return text.format(exp=EXPERIMENT, grid=self.grid, file=self.file, dir=self.dir, notdb=self.notdb, store=self.store,
                            closed=self.closed, silent=self.silent, tmp=self.tmp)
 
     def runs(self) -> int:
@@ -106,17 +104,17 @@ def alias_bomb(levels: int = 9) -> str:
 
 def grid_with(world: World, name: str, extra: str) -> Path:
     """A grid file whose text ends with ``extra`` (YAML the safe dumper cannot write: anchors, bombs)."""
-    return world.text(f"{name}.yaml", f"grid: {name}\nbase: {DEMO}\nseeds: [0]\n{extra}")
+    return world.text(f"{name}.yaml", f"grid: {name}\nbase: {EXPERIMENT}\nseeds: [0]\n{extra}")
 
 
 FILES = {
-    "bomb.yaml": lambda w: w.text("bomb.yaml", f"base: {DEMO}\n{alias_bomb()}"),
-    "recursive.yaml": lambda w: w.text("recursive.yaml", f"base: {DEMO}\ntrain: &t {{epochs: 2, more: *t}}\n"),
-    "deep.yaml": lambda w: w.text("deep.yaml", f"base: {DEMO}\nname: " + "[" * 120 + "]" * 120 + "\n"),
-    "huge.yaml": lambda w: w.text("huge.yaml", f"base: {DEMO}\nname: " + "n" * (2 << 20) + "\n"),
-    "longname.yaml": lambda w: w.text("longname.yaml", f"base: {DEMO}\nname: " + "n" * 20000 + "\n"),
-    "bigint.yaml": lambda w: w.text("bigint.yaml", f"base: {DEMO}\ntrain: {{epochs: " + "9" * 5000 + "}\n"),
-    "longkey.yaml": lambda w: w.text("longkey.yaml", f"base: {DEMO}\ntrain:\n  ? " + "k" * 20000 + "\n  : 1\n"),
+    "bomb.yaml": lambda w: w.text("bomb.yaml", f"base: {EXPERIMENT}\n{alias_bomb()}"),
+    "recursive.yaml": lambda w: w.text("recursive.yaml", f"base: {EXPERIMENT}\ntrain: &t {{epochs: 2, more: *t}}\n"),
+    "deep.yaml": lambda w: w.text("deep.yaml", f"base: {EXPERIMENT}\nname: " + "[" * 120 + "]" * 120 + "\n"),
+    "huge.yaml": lambda w: w.text("huge.yaml", f"base: {EXPERIMENT}\nname: " + "n" * (2 << 20) + "\n"),
+    "longname.yaml": lambda w: w.text("longname.yaml", f"base: {EXPERIMENT}\nname: " + "n" * 20000 + "\n"),
+    "bigint.yaml": lambda w: w.text("bigint.yaml", f"base: {EXPERIMENT}\ntrain: {{epochs: " + "9" * 5000 + "}\n"),
+    "longkey.yaml": lambda w: w.text("longkey.yaml", f"base: {EXPERIMENT}\ntrain:\n  ? " + "k" * 20000 + "\n  : 1\n"),
     "grid_recursive.yaml": lambda w: grid_with(w, "grid_recursive", "set: &s {train.epochs: 1, again: *s}\nrows: [{name: a}]\n"),
     "grid_bomb.yaml": lambda w: grid_with(w, "grid_bomb", alias_bomb().replace("name: ", "x: ") + "rows: [{name: a}]\n"),
     "grid_axes.yaml": lambda w: grid_with(w, "grid_axes", "axes:\n  mode: product\n  values:\n"
@@ -152,29 +150,29 @@ def image_folder(root: Path, loops: int = 0, per_class: int = 3) -> Path:
 # PROBE_TIMEOUT_S probe), so it runs here too.
 CASES = [
     # non-finite floats
-    ("run-lr-inf", "run {demo} --set train.lr=.inf", "train.lr", {}),
-    ("run-student-temp-inf", "run {demo} --set dino.student_temp=.inf", "dino.student_temp", {}),
-    ("run-weight-decay-nan", "run {demo} --set train.weight_decay=.nan", "train.weight_decay", {}),
-    ("run-scale-nan", "run {demo} --set crops.global_scale=[0.4,.nan]", "crops.global_scale", {}),
+    ("run-lr-inf", "run {exp} --set train.lr=.inf", "train.lr", {}),
+    ("run-student-temp-inf", "run {exp} --set dino.student_temp=.inf", "dino.student_temp", {}),
+    ("run-weight-decay-nan", "run {exp} --set train.weight_decay=.nan", "train.weight_decay", {}),
+    ("run-scale-nan", "run {exp} --set crops.global_scale=[0.4,.nan]", "crops.global_scale", {}),
     ("sweep-momentum-inf", "sweep {grid} --dry-run --set dino.center_momentum=-.inf", "dino.center_momentum", {}),
     # sizes that cannot fit
-    ("run-out-dim-huge", "run {demo} --set dino.out_dim=1000000000000", "dino.out_dim=1000000000000", {}),
-    ("run-embed-dim-huge", "run {demo} --set model.embed_dim=10000000", "model.embed_dim=10000000", {}),
+    ("run-out-dim-huge", "run {exp} --set dino.out_dim=1000000000000", "dino.out_dim=1000000000000", {}),
+    ("run-embed-dim-huge", "run {exp} --set model.embed_dim=10000000", "model.embed_dim=10000000", {}),
     ("sweep-hidden-dim-huge", "sweep {grid} --dry-run --set dino.hidden_dim=100000000", "dino.hidden_dim=100000000", {}),
     # threads, device
-    ("run-threads-0", "run {demo} --set train.threads=0", "train.threads", {}),
-    ("run-threads-negative", "run {demo} --set train.threads=-3", "train.threads", {}),
-    ("run-device-unknown", "run {demo} --set train.device=gpu", "train.device", {}),
-    ("run-device-absent", "run {demo} --set train.device=cuda:99", "train.device=cuda:99", {}),
+    ("run-threads-0", "run {exp} --set train.threads=0", "train.threads", {}),
+    ("run-threads-negative", "run {exp} --set train.threads=-3", "train.threads", {}),
+    ("run-device-unknown", "run {exp} --set train.device=gpu", "train.device", {}),
+    ("run-device-absent", "run {exp} --set train.device=cuda:99", "train.device=cuda:99", {}),
     ("status-device-typo", "status {grid} --set train.device=cuda0", "train.device", {}),
     # cross-field checks
-    ("run-train-limit-below-batch", "run {demo} --set data.train_limit=10", "train.batch_size=64", {}),
-    ("run-synthetic-below-batch", "run {demo} --set data.synthetic_train=40", "train.batch_size=64", {}),
-    ("run-linear-lrs-empty", "run {demo} --set eval.linear_lrs=[]", "eval.linear_lrs", {}),
-    ("run-linear-lrs-negative", "run {demo} --set eval.linear_lrs=[0.1,-1]", "eval.linear_lrs", {}),
+    ("run-train-limit-below-batch", "run {exp} --set data.train_limit=10", "train.batch_size=16", {}),
+    ("run-synthetic-below-batch", "run {exp} --set data.synthetic_train=12", "train.batch_size=16", {}),
+    ("run-linear-lrs-empty", "run {exp} --set eval.linear_lrs=[]", "eval.linear_lrs", {}),
+    ("run-linear-lrs-negative", "run {exp} --set eval.linear_lrs=[0.1,-1]", "eval.linear_lrs", {}),
     ("status-linear-lrs-zero", "status {grid} --set eval.linear_lrs=[0]", "eval.linear_lrs", {}),
     ("run-imagefolder-loop-below-batch",
-     "run {demo} --set data.name=imagefolder --set data.root={tmp}/data_loop --set train.batch_size=8", "has 6", {}),
+     "run {exp} --set data.name=imagefolder --set data.root={tmp}/data_loop --set train.batch_size=8", "has 6", {}),
     # YAML bombs, recursive anchors, deep nesting, huge scalars
     ("run-alias-bomb", "run {tmp}/bomb.yaml", "aliases", {}),
     ("run-recursive-anchor", "run {tmp}/recursive.yaml", "refers to itself", {}),
@@ -183,7 +181,7 @@ CASES = [
     ("run-long-name", "run {tmp}/longname.yaml", "name: a 20000-character value", {}),
     ("run-integer-5000-digits", "run {tmp}/bigint.yaml", "bigint.yaml", {}),
     ("run-long-key", "run {tmp}/longkey.yaml", "train: a 20000-character key", {}),
-    ("run-set-long-value", "run {demo} --set name=" + "x" * 5000, "--set name", {}),
+    ("run-set-long-value", "run {exp} --set name=" + "x" * 5000, "--set name", {}),
     ("sweep-grid-recursive-set", "sweep {tmp}/grid_recursive.yaml --dry-run", "refers to itself", {}),
     ("status-grid-alias-bomb", "status {tmp}/grid_bomb.yaml", "aliases", {}),
     ("status-watch-interval-0", "status {grid} --watch --interval 0", "--interval", {}),
@@ -201,14 +199,14 @@ CASES = [
     ("report-axes-40000", "report {tmp}/grid_axes.yaml", "40000 trials", {}),
     ("sweep-cap-lowered", "sweep {grid} --dry-run", "2 trials", {"DINOLAB_MAX_TRIALS": "1"}),
     # tracking stores
-    ("run-uri-unknown-scheme", "run {demo} --set tracking.uri=foo://bar", "tracking.uri", {}),
-    ("run-uri-env-malformed", "run {demo}", "$MLFLOW_TRACKING_URI", {"MLFLOW_TRACKING_URI": "sqlite://relative.db"}),
-    ("run-uri-no-host", "run {demo} --set tracking.uri=http://", "names no host", {}),
-    ("run-uri-closed-port", "run {demo} --set tracking.uri=http://127.0.0.1:{closed}", "does not answer", {}),
-    ("run-server-never-answers", "run {demo} --set tracking.uri=http://127.0.0.1:{silent}", "does not answer", {}),
-    ("run-uri-not-a-database", "run {demo} --set tracking.uri=sqlite:///{notdb}", "not a SQLite database", {}),
-    ("run-uri-a-folder", "run {demo}", "a folder", {"MLFLOW_TRACKING_URI": "sqlite:///{dir}"}),
-    ("run-experiment-empty", "run {demo} --set tracking.experiment=''", "tracking.experiment", {}),
+    ("run-uri-unknown-scheme", "run {exp} --set tracking.uri=foo://bar", "tracking.uri", {}),
+    ("run-uri-env-malformed", "run {exp}", "$MLFLOW_TRACKING_URI", {"MLFLOW_TRACKING_URI": "sqlite://relative.db"}),
+    ("run-uri-no-host", "run {exp} --set tracking.uri=http://", "names no host", {}),
+    ("run-uri-closed-port", "run {exp} --set tracking.uri=http://127.0.0.1:{closed}", "does not answer", {}),
+    ("run-server-never-answers", "run {exp} --set tracking.uri=http://127.0.0.1:{silent}", "does not answer", {}),
+    ("run-uri-not-a-database", "run {exp} --set tracking.uri=sqlite:///{notdb}", "not a SQLite database", {}),
+    ("run-uri-a-folder", "run {exp}", "a folder", {"MLFLOW_TRACKING_URI": "sqlite:///{dir}"}),
+    ("run-experiment-empty", "run {exp} --set tracking.experiment=''", "tracking.experiment", {}),
     ("sweep-uri-unknown-scheme", "sweep {grid} --set tracking.uri=ftp://host/x", "unknown scheme", {}),
     ("status-uri-closed-port", "status {grid}", "$MLFLOW_TRACKING_URI", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{closed}"}),
     ("report-uri-unknown-scheme", "report {grid} --tracking-uri bogus://x", "--tracking-uri", {}),
@@ -218,8 +216,8 @@ CASES = [
     ("backfill-uri-unknown-scheme", "backfill {grid} --tracking-uri weird://x", "--tracking-uri", {}),
     ("backfill-uri-bad-port", "backfill {grid} --tracking-uri http://127.0.0.1:99999", "--tracking-uri", {}),
     # file system
-    ("run-home-under-a-file", "run {demo}", "$DINOLAB_HOME", {"DINOLAB_HOME": "{file}/home", "MLFLOW_TRACKING_URI": ""}),
-    ("run-storage-under-a-file", "run {demo} --storage {file}/storage", "--storage", {}),
+    ("run-home-under-a-file", "run {exp}", "$DINOLAB_HOME", {"DINOLAB_HOME": "{file}/home", "MLFLOW_TRACKING_URI": ""}),
+    ("run-storage-under-a-file", "run {exp} --storage {file}/storage", "--storage", {}),
     ("sweep-storage-under-a-file", "sweep {grid} --storage {file}/storage", "--storage", {}),
     ("status-storage-under-a-file", "status {grid} --storage {file}/x", "--storage", {}),
     ("sweep-home-under-a-file", "sweep {grid}", "$DINOLAB_HOME", {"DINOLAB_HOME": "{file}/home"}),
@@ -418,7 +416,7 @@ def test_symlink_loops_count_each_real_file_once(tmp_path):
     plain = image_folder(tmp_path / "plain")
     looped = image_folder(tmp_path / "looped", loops=2)
     (looped / "train" / "a" / "twin.png").symlink_to(looped / "train" / "a" / "0.png")  # the same real file
-    cfgs = [load_experiment(DEMO, ["data.name=imagefolder", f"data.root={p}", "train.batch_size=2"]) for p in (plain, looped)]
+    cfgs = [load_experiment(EXPERIMENT, ["data.name=imagefolder", f"data.root={p}", "train.batch_size=2"]) for p in (plain, looped)]
     assert check_data(cfgs[0].data) == check_data(cfgs[1].data) == 6
     assert data_fingerprint(cfgs[0].data) == data_fingerprint(cfgs[1].data)
     assert len(ClassFolder(looped / "train", ["a", "b"])) == 6

@@ -77,9 +77,8 @@ def test_status_report_and_dashboard_agree(tmp_path, capsys):
     from dinolab.report.table import build_table
     from dinolab.sweep.store import init_store, open_client
 
-    tiny = {"train.epochs": 3, "model.embed_dim": 32, "model.depths": [1], "model.num_heads": 2, "dino.out_dim": 32}
     path = tmp_path / "life.yaml"
-    path.write_text(yaml.safe_dump({"grid": "life", "base": str(REPO / "experiments" / "demo.yaml"), "set": tiny,
+    path.write_text(yaml.safe_dump({"grid": "life", "base": str(REPO / "tests" / "fixtures" / "tiny.yaml"), "set": {"train.epochs": 3},
                                     "rows": [{"name": r, "set": {"dino.momentum": 0.9 + i / 100}} for i, r in enumerate(ROWS)]}))
     grid = load_grid(path)
     trial = {t.row: t for t in grid.trials}
