@@ -353,6 +353,32 @@ def test_unresponsive_server_is_refused_within_ten_seconds():
         silent.close()
 
 
+def test_a_server_behind_basic_auth_answers_the_probe():
+    """A team server's URI carries user:password (docs/team_scale.md): the probe reaches the host, and the
+    server's 401 counts as an answer."""
+    import http.server
+    import threading
+
+    from dinolab.track.check import check_tracking
+
+    class Guarded(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Guarded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://dinolab:s3cret@127.0.0.1:{server.server_address[1]}"
+        assert check_tracking(uri, "$MLFLOW_TRACKING_URI") == uri
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ------------------------------------------------------------------------------------- export into a folder
 
 

@@ -108,9 +108,12 @@ def _probe_tcp(host: str, port: int, shown: str, source: str) -> None:
 
 
 def _probe_http(uri: str, shown: str, source: str) -> None:
-    """Any HTTP answer will do (a proxy may refuse /health); no answer within the timeout is refused."""
+    """Any HTTP answer will do (a proxy may refuse /health, a guarded server answer 401); no answer within the
+    timeout is refused. The probe goes without the URI's user:password (urllib would take them for the host)."""
+    parts = urlsplit(uri)
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(bare.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
             return
     except urllib.error.HTTPError:
         return  # it answered
