@@ -150,7 +150,7 @@ def test_a_launch_onto_an_unmigrated_store_is_refused_until_migrate_ran(v1_store
     assert main(["migrate"]) == 0
     from dinolab.migrate import require_current_scheme
 
-    require_current_scheme(client, storage, uri)  # migrated: a launch may go on
+    require_current_scheme(uri, storage, client)  # migrated: a launch may go on
 
 
 def test_a_config_recorded_at_scheme_1_loads_today():

@@ -38,12 +38,9 @@ def cmd_run(args) -> int:
     check_training_data(cfg)
     storage = writable_folder(args.storage or default_storage(), "--storage" if args.storage else home_label())
     uri = check_tracking(resolve_tracking_uri(cfg.tracking.uri), uri_source(None, cfg.tracking.uri), write=True)
-    from dinolab.sweep import store
+    from dinolab.migrate import require_current_scheme
 
-    if store.store_exists(uri):
-        from dinolab.migrate import require_current_scheme
-
-        require_current_scheme(store.open_client(uri), storage, uri)
+    require_current_scheme(uri, storage)
     _print_home(uri, storage)
     on_epoch = None
     if not sys.stderr.isatty():  # a terminal has the loop's progress bar; logs and CI get a line per epoch

@@ -353,7 +353,7 @@ def write_marker(storage: Path, backup: Optional[Path]) -> None:
     os.replace(tmp, storage / MARKER)
 
 
-def require_current_scheme(client, storage: Path, tracking_uri: str) -> None:
+def require_current_scheme(tracking_uri: str, storage: Path, client=None) -> None:
     """Refuse a launch (``dinolab run``, ``sweep``) onto a store still holding runs of an older id scheme.
 
     Their trial ids name what the old scheme hashed, so a launch would not find them and would train finished
@@ -362,8 +362,11 @@ def require_current_scheme(client, storage: Path, tracking_uri: str) -> None:
     from mlflow.entities import ViewType
 
     from dinolab.config import ConfigError
-    from dinolab.sweep.store import active_experiment_ids
+    from dinolab.sweep.store import active_experiment_ids, open_client, store_exists
 
+    if not store_exists(tracking_uri):  # no store yet: nothing recorded under an older scheme
+        return
+    client = client or open_client(tracking_uri)
     try:
         if json.loads((Path(storage) / MARKER).read_text()).get("id_scheme") == ID_SCHEME:
             return

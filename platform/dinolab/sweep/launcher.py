@@ -135,7 +135,7 @@ def plan_grid(grid, storage: Optional[Path] = None, *, rerun: bool = False, reru
         from dinolab.migrate import require_current_scheme
 
         client = store.open_client(uri)
-        require_current_scheme(client, storage, uri)
+        require_current_scheme(uri, storage, client)
         runs = store.trial_runs(client, [tid for tid, _ in trials])
     items = []
     for tid, t in trials:
